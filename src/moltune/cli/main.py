@@ -1,0 +1,47 @@
+"""Entry point of the ``moltune`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# (module under moltune.cli, registers these top-level commands)
+AREAS = ("demo", "peptide", "energy", "pt", "runs", "sbdd")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moltune",
+        description="Train molecular generative models and check whether they work.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for area in AREAS:
+        importlib.import_module(f"moltune.cli.{area}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from moltune.common.errors import UserError
+
+    try:
+        rc = args.func(args)
+    except UserError as exc:
+        print(f"moltune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"moltune {args.command}: interrupted; completed work is kept", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""CLI: `moltune runs` (placeholder; the owning area fills it in)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="(not yet available)")
+    p.set_defaults(func=lambda args: print("not yet available") or 1)

@@ -1,0 +1,1 @@
+"""Shared infrastructure: atomic file writes, typed configs with YAML presets, run folders."""

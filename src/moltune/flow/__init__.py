@@ -1,0 +1,1 @@
+"""Temperature-transport flows: coordinates, models (TarFlow, baseline), training, evaluation, swaps."""

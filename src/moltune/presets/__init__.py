@@ -1,0 +1,1 @@
+"""YAML presets shipped with moltune (loaded by name through ``moltune.common.config``)."""

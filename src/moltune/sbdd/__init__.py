@@ -1,0 +1,1 @@
+"""Pocket-conditioned ligand diffusion (DiffSBDD-compatible) with a FiLM adapter."""
