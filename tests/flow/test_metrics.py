@@ -48,8 +48,12 @@ def _naive_acceptance_harmonic(beta_i: float, beta_j: float, dof: int) -> float:
         tail = math.exp(c1 * g1 - a * math.log(1 + c2) + math.log(q)) if q > 0 else 0.0
         return special.gammainc(a, g_star) + tail
 
-    val, _ = integrate.quad(lambda g: inner(g) * math.exp((a - 1) * math.log(g) - g - special.gammaln(a)),
-                            0, np.inf, limit=200)
+    val, _ = integrate.quad(
+        lambda g: inner(g) * math.exp((a - 1) * math.log(g) - g - special.gammaln(a)),
+        0,
+        np.inf,
+        limit=200,
+    )
     return val
 
 
@@ -83,7 +87,7 @@ def _evaluate_scale_map(x, y, t_i, t_j, scale, n_pairs=10_000, seed=0):
     )
     wf = forward_work(u_x, u_tx, ld_f, b_i, b_j)
     wr = inverse_work(u_y, u_ti, ld_i, b_i, b_j)
-    summ = lambda v: acceptance_summary(v, a, b, len(x), len(y), n_blocks, n_boot=300, seed=seed)  # noqa: E731
+    summ = lambda v: acceptance_summary(v, a, b, len(x), len(y), n_blocks, n_boot=300, seed=seed)
     return summ(acc_naive), summ(acc_flow), wf, wr
 
 
@@ -183,7 +187,9 @@ def test_js_divergence():
     p, q = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     assert js_divergence(p, q) == pytest.approx(math.log(2))
     # angles differing by 2 pi land in the same bins
-    assert ramachandran_js(phi, psi, phi + 2 * np.pi, psi - 2 * np.pi) == pytest.approx(0.0, abs=1e-12)
+    assert ramachandran_js(phi, psi, phi + 2 * np.pi, psi - 2 * np.pi) == pytest.approx(
+        0.0, abs=1e-12
+    )
     # a shifted distribution is clearly different; NaN frames are ignored
     shifted = ramachandran_js(0.3 * phi, 0.3 * psi, 0.3 * phi + 1.0, 0.3 * psi)
     assert 0.2 < shifted < math.log(2)

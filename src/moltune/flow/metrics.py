@@ -18,19 +18,19 @@ import math
 import numpy as np
 
 __all__ = [
-    "integrated_autocorr_time",
-    "n_time_blocks",
-    "make_pairs",
-    "pair_mean_ci",
     "acceptance_summary",
+    "integrated_autocorr_time",
     "jeffreys_divergence",
-    "normalized_ess",
-    "periodic_histogram2d",
     "js_divergence",
-    "ramachandran_js",
+    "make_pairs",
     "min_interatomic_distance",
-    "reconstruction_rmsd",
+    "n_time_blocks",
     "nonfinite_rows",
+    "normalized_ess",
+    "pair_mean_ci",
+    "periodic_histogram2d",
+    "ramachandran_js",
+    "reconstruction_rmsd",
 ]
 
 
@@ -216,7 +216,7 @@ def periodic_histogram2d(phi: np.ndarray, psi: np.ndarray, bins: int = 36) -> np
     """Normalised 2-D histogram of angles (radians) on [-pi, pi)^2; non-finite pairs are dropped."""
     phi, psi = np.asarray(phi, np.float64).ravel(), np.asarray(psi, np.float64).ravel()
     ok = np.isfinite(phi) & np.isfinite(psi)
-    wrap = lambda t: (t[ok] + np.pi) % (2 * np.pi) - np.pi  # noqa: E731
+    wrap = lambda t: (t[ok] + np.pi) % (2 * np.pi) - np.pi
     h, _, _ = np.histogram2d(wrap(phi), wrap(psi), bins=bins, range=[[-np.pi, np.pi]] * 2)
     total = h.sum()
     return h / total if total > 0 else h
@@ -294,7 +294,9 @@ def reconstruction_rmsd(x_nm: np.ndarray, x_roundtrip_nm: np.ndarray) -> float:
     Frames where either is non-finite are skipped; none finite gives NaN.
     """
     a, b = np.asarray(x_nm, np.float64), np.asarray(x_roundtrip_nm, np.float64)
-    ok = np.isfinite(a.reshape(a.shape[0], -1)).all(1) & np.isfinite(b.reshape(b.shape[0], -1)).all(1)
+    ok = np.isfinite(a.reshape(a.shape[0], -1)).all(1) & np.isfinite(b.reshape(b.shape[0], -1)).all(
+        1
+    )
     if not ok.any():
         return float("nan")
     d = a[ok] - b[ok]

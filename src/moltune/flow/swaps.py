@@ -21,8 +21,8 @@ finite D is never clipped: acceptance is min(1, exp(D)) computed without overflo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -30,13 +30,13 @@ import torch
 ArrayLike = np.ndarray | torch.Tensor | float
 
 __all__ = [
-    "log_acceptance_flow",
-    "log_acceptance_naive",
+    "FlowSwapProposal",
     "acceptance_probability",
     "forward_work",
     "inverse_work",
+    "log_acceptance_flow",
+    "log_acceptance_naive",
     "nonfinite_mask",
-    "FlowSwapProposal",
     "propose_flow_swap",
 ]
 
@@ -115,7 +115,10 @@ def forward_work(
 
 
 def inverse_work(
-    u_y: ArrayLike, u_tinv_y: ArrayLike, logdet_inverse: ArrayLike, beta_i: ArrayLike,
+    u_y: ArrayLike,
+    u_tinv_y: ArrayLike,
+    logdet_inverse: ArrayLike,
+    beta_i: ArrayLike,
     beta_j: ArrayLike,
 ) -> np.ndarray:
     """Reduced inverse work w_R(y) = b_i U(T^-1(y)) - b_j U(y) - log|det J_T^-1(y)|.
@@ -200,6 +203,14 @@ def propose_flow_swap(
     bad = nonfinite_mask(u_x, u_y, u_tx, u_tinv_y, ld_f, ld_i)
     log_alpha = log_acceptance_flow(u_x, u_y, u_tx, u_tinv_y, ld_f, ld_i, beta_i, beta_j)
     return FlowSwapProposal(
-        x_to_i=tinv_y, y_to_j=tx, u_x=u_x, u_y=u_y, u_tx=u_tx, u_tinv_y=u_tinv_y,
-        logdet_forward=ld_f, logdet_inverse=ld_i, log_alpha=log_alpha, nonfinite=bad,
+        x_to_i=tinv_y,
+        y_to_j=tx,
+        u_x=u_x,
+        u_y=u_y,
+        u_tx=u_tx,
+        u_tinv_y=u_tinv_y,
+        logdet_forward=ld_f,
+        logdet_inverse=ld_i,
+        log_alpha=log_alpha,
+        nonfinite=bad,
     )
