@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES = ("pt_simulate", "pt_flow", "pt_sampler")
+MODULES = ("pt_simulate", "pt_flow", "pt_flow_eval", "pt_sampler")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
