@@ -444,9 +444,11 @@ def render_report(metrics: dict, details: dict, figures: list[str] | None = None
     lines = [f"# Transport evaluation: {label}, {ts:.0f} K <-> {tt:.0f} K", ""]
     if label == "identity":
         lines += [
-            "This is the identity map, the naive replica swap: it is the control a flow has to "
-            "beat, and it transports nothing, so the per-direction checks below describe how far "
-            "apart the two temperatures are.",
+            (
+                "This is the identity map, the naive replica swap: it is the control a flow has to "
+                "beat, and it transports nothing, so the per-direction checks below describe how far "
+                "apart the two temperatures are."
+            ),
             "",
         ]
     broken = [name for name, d in ((fwd, "forward"), (inv, "inverse")) if probs[d]]
@@ -496,23 +498,33 @@ def render_report(metrics: dict, details: dict, figures: list[str] | None = None
         f"| kT source / target (kJ/mol) | {details['kT_source_kjmol']:.3f} / {details['kT_target_kjmol']:.3f} |",
         f"| normalised ESS forward / inverse | {metrics['ess_forward']:.4f} / {metrics['ess_inverse']:.4f} |",
         f"| Ramachandran JS forward / inverse | {js(rama['forward'])} / {js(rama['inverse'])} |",
-        f"| JS between halves of the reference (sampling floor) target / source | "
-        f"{js(fl.get('target_halves'))} / {js(fl.get('source_halves'))} |",
-        f"| min interatomic distance forward / inverse (nm) | "
-        f"{metrics['min_distance_nm']['forward']:.4f} / {metrics['min_distance_nm']['inverse']:.4f} |",
-        f"| min interatomic distance in the references (nm) | "
-        f"{details['min_distance_reference_nm']['source']:.4f} / "
-        f"{details['min_distance_reference_nm']['target']:.4f} |",
+        (
+            f"| JS between halves of the reference (sampling floor) target / source | "
+            f"{js(fl.get('target_halves'))} / {js(fl.get('source_halves'))} |"
+        ),
+        (
+            f"| min interatomic distance forward / inverse (nm) | "
+            f"{metrics['min_distance_nm']['forward']:.4f} / {metrics['min_distance_nm']['inverse']:.4f} |"
+        ),
+        (
+            f"| min interatomic distance in the references (nm) | "
+            f"{details['min_distance_reference_nm']['source']:.4f} / "
+            f"{details['min_distance_reference_nm']['target']:.4f} |"
+        ),
         f"| non-finite fraction | {metrics['nonfinite_fraction']:.4g} |",
         f"| frames source / target | {details['n_frames']['source']} / {details['n_frames']['target']} |",
         "",
-        f"Round-trip RMSD T^-1(T(x)) - x: {metrics['reconstruction_rmsd_nm']:.2e} nm. This only "
-        "tests that the map is invertible in practice; it says nothing about transport quality.",
+        (
+            f"Round-trip RMSD T^-1(T(x)) - x: {metrics['reconstruction_rmsd_nm']:.2e} nm. This only "
+            "tests that the map is invertible in practice; it says nothing about transport quality."
+        ),
         "",
-        "Pairs are formed from held-out frames of different time blocks; the 95% intervals come "
-        f"from a bootstrap over {details['bootstrap']['n_time_blocks']} time blocks "
-        f"({details['bootstrap']['n_boot']} resamples), which accounts for frames shared between "
-        "pairs and for correlation between consecutive frames.",
+        (
+            "Pairs are formed from held-out frames of different time blocks; the 95% intervals come "
+            f"from a bootstrap over {details['bootstrap']['n_time_blocks']} time blocks "
+            f"({details['bootstrap']['n_boot']} resamples), which accounts for frames shared between "
+            "pairs and for correlation between consecutive frames."
+        ),
         "",
     ]
     for f in figures or []:
