@@ -1,0 +1,771 @@
+"""Diagnosis of a finished (or stopped) run from what it logged: findings ranked by severity.
+
+Every finding comes from one rule function below (``rule_*``), with its thresholds in
+:class:`DiagnoseConfig`; a rule returns a finding only together with the numbers that triggered
+it. Ids and severities are documented in :mod:`moltune.validation.vocabulary`.
+
+Rules (in vocabulary order):
+
+- ``inverse_explosion`` / ``forward_explosion``: mean energy of the transformed samples of that
+  direction more than ``explosion_kT`` kT above the reference mean, or non-finite, at any
+  evaluation (evaluation ``metrics.json`` energies count too). Reconstruction RMSD below
+  ``perfect_reconstruction_nm`` is reported as "looks perfect" - it proves invertibility only.
+- ``quality_collapse``: a quality metric (``quality_floors``) ends below its floor after having
+  been above it, or loses more than ``quality_drop`` of its best value.
+- ``not_learning``: training loss improves by less than ``min_rel_improvement`` (relative, mean of
+  the first vs the last tenth of the per-epoch values; per-step values when there are fewer than
+  ``min_train_points`` epochs).
+- ``nonfinite``: any logged value NaN / inf.
+- ``adapter_drift``: ``adapter/gamma_mean`` outside ``gamma_range``.
+- ``stopped_by_monitor``: ``stopped.json`` present.
+- ``small_validation``: validation set size (config / hparams key in ``n_val_keys`` or the
+  ``val/n_samples`` metric) below ``min_val_samples``; or validation loss zig-zags
+  (median |second difference of log loss|) ``volatility_factor`` times more than training loss,
+  spans more than ``volatility_span``x and jumps up by more than ``volatility_jump``x at least
+  ``volatility_min_jumps`` times.
+- ``overfitting``: validation loss rose more than ``overfit_rise`` (relative) above its best while
+  training loss kept falling, or val/train ratio above ``overfit_ratio`` at the end. Downgraded
+  to low when ``small_validation`` holds (the validation signal is then not trustworthy).
+- ``direction_asymmetry``: over the run one direction's validation loss fell while the other's
+  rose (Kendall tau and relative change, as the asymmetry monitor).
+- ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max``.
+- ``monitor_warnings``: warnings in ``redflags.json``.
+- ``no_validation`` / ``short_run``: nothing or too little to judge generalisation / trends.
+- ``healthy``: none of the above at severity medium or worse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from moltune.common.io import write_json, write_text
+from moltune.validation import logs
+from moltune.validation.monitors import kendall_trend, trend
+from moltune.validation.overfitting import detect_overfitting
+from moltune.validation.vocabulary import FINDINGS, SEVERITIES, sort_key
+
+DIRECTIONS = {
+    # direction: (energy of transformed samples, reference mean, kT, per-direction loss)
+    "forward": ("val/energy_forward_kjmol", "val/energy_target_ref_kjmol", "val/kT_target_kjmol",
+                "loss_forward"),
+    "inverse": ("val/energy_inverse_kjmol", "val/energy_source_ref_kjmol", "val/kT_source_kjmol",
+                "loss_inverse"),
+}
+QUALITY_PLOT_METRICS = ("val/connectivity", "val/validity", "val/qed", "val/sa",
+                        "val/acceptance_flow", "val/acceptance_naive")
+
+
+@dataclass
+class DiagnoseConfig:
+    """Thresholds of the rules (see the module docstring)."""
+
+    explosion_kT: float = 1.0e4
+    perfect_reconstruction_nm: float = 1.0e-3
+    default_kT_kjmol: float = 2.494  # 300 K, used only when no kT is logged
+    min_rel_improvement: float = 0.02
+    min_train_points: int = 5
+    quality_floors: dict[str, float] = field(default_factory=lambda: {
+        "val/connectivity": 0.5, "val/validity": 0.5})
+    quality_drop: float = 0.5
+    min_val_samples: int = 10
+    n_val_keys: tuple[str, ...] = ("n_val", "n_val_samples", "val_size", "num_val", "n_validation",
+                                   "num_val_samples", "val_samples", "n_val_complexes")
+    volatility_factor: float = 5.0
+    volatility_span: float = 10.0
+    volatility_jump: float = 2.0
+    volatility_min_jumps: int = 2
+    overfit_rise: float = 0.10
+    overfit_ratio: float = 10.0
+    overfit_threshold: float = 1.5
+    asymmetry_trend: float = 0.6
+    asymmetry_rel_change: float = 0.05
+    grad_norm_max: float = 1.0e4
+    gamma_range: tuple[float, float] = (0.1, 10.0)
+    min_evaluations: int = 3
+
+
+@dataclass
+class Finding:
+    id: str
+    severity: str
+    title: str
+    evidence: dict[str, Any]
+    causes: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+    plot: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.id not in FINDINGS:
+            raise ValueError(f"finding id {self.id!r} not in the vocabulary")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity {self.severity!r} not in {SEVERITIES}")
+        if self.id != "healthy" and not self.evidence:
+            raise ValueError(f"finding {self.id!r} without evidence")
+
+
+@dataclass
+class Diagnosis:
+    run: str
+    summary: dict[str, Any]
+    findings: list[Finding]
+    plots: dict[str, str]
+    config: DiagnoseConfig
+
+    @property
+    def ids(self) -> list[str]:
+        return [f.id for f in self.findings]
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [asdict(f) for f in self.findings]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Ctx:
+    """What the rules see: the run, its per-epoch series and the findings so far."""
+
+    def __init__(self, run: logs.RunData, cfg: DiagnoseConfig):
+        self.run, self.cfg = run, cfg
+        self.m = run.metrics
+        self.found: dict[str, Finding] = {}
+        self._cache: dict[str, pd.Series] = {}
+
+    def es(self, name: str) -> pd.Series:
+        if name not in self._cache:
+            self._cache[name] = logs.epoch_series(self.m, name)
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return logs.has_metric(self.m, name)
+
+    def loss(self, split: str, kind: str = "loss") -> pd.Series:
+        return self.es(f"{split}/{kind}")
+
+
+def _f(x: Any) -> Any:
+    """JSON-friendly number (floats rounded to 6 significant digits)."""
+    if x is None:
+        return None
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return x
+    if not math.isfinite(v):
+        return str(v)
+    return float(f"{v:.6g}")
+
+
+def _finite(s: pd.Series) -> pd.Series:
+    return s[np.isfinite(s.to_numpy(dtype=float))] if len(s) else s
+
+
+def _first_epoch(s: pd.Series, cond: Callable[[float], bool]) -> int | None:
+    for e, v in s.items():
+        if cond(float(v)):
+            return int(e)
+    return None
+
+
+def _setting(run: logs.RunData, keys: tuple[str, ...]) -> tuple[str, float] | None:
+    for k, v in run.settings.items():
+        if k.split("/")[-1] in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
+            return k, float(v)
+    return None
+
+
+def _rel(a: float, b: float) -> float:
+    """Relative change from a to b."""
+    return (b - a) / max(abs(a), 1e-12)
+
+
+def _zigzag(s: pd.Series) -> float:
+    v = _finite(s).to_numpy(dtype=float)
+    v = v[v > 0]
+    if len(v) < 4:
+        return math.nan
+    return float(np.median(np.abs(np.diff(np.log(v), n=2))))
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
+    cfg = ctx.cfg
+    e_key, ref_key, kt_key, _ = DIRECTIONS[direction]
+    energy, ref, kt = ctx.es(e_key), ctx.es(ref_key), ctx.es(kt_key)
+    eval_keys = {k: v for k, v in ctx.run.evaluation.items()
+                 if "energy" in k.lower() and direction in k.lower() and "ref" not in k.lower()
+                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if not len(energy) and not eval_keys:
+        return None
+    kt_value = float(_finite(kt).iloc[-1]) if len(_finite(kt)) else cfg.default_kT_kjmol
+    ref_value = float(_finite(ref).iloc[-1]) if len(_finite(ref)) else math.nan
+    ev: dict[str, Any] = {}
+    fired = False
+    if len(energy):
+        ref_al = ref.reindex(energy.index).ffill().bfill() if len(ref) else pd.Series(
+            ref_value, index=energy.index)
+        kt_al = kt.reindex(energy.index).ffill().bfill() if len(kt) else pd.Series(
+            kt_value, index=energy.index)
+        excess = (energy - ref_al) / kt_al
+        fin = _finite(excess)
+        nonfinite = energy[~np.isfinite(energy.to_numpy(dtype=float))]
+        ev |= {f"{e_key}_first": energy.iloc[0], f"{e_key}_max": _finite(energy).max()
+               if len(_finite(energy)) else math.nan, f"{e_key}_last": energy.iloc[-1],
+               ref_key: ref_value, kt_key: kt_value}
+        if len(fin):
+            ev["excess_kT_max"] = fin.max()
+            ev["epoch_of_max"] = int(fin.idxmax())
+            first = _first_epoch(excess, lambda v: math.isfinite(v) and v > cfg.explosion_kT)
+            if first is not None:
+                fired = True
+                ev["first_epoch_above_bound"] = first
+        if len(nonfinite):
+            fired = True
+            ev["nonfinite_evaluations"] = len(nonfinite)
+            ev["first_nonfinite_epoch"] = int(nonfinite.index[0])
+    for k, v in eval_keys.items():
+        ev[k] = v
+        if not math.isfinite(v) or (math.isfinite(ref_value) and (v - ref_value) / kt_value
+                                    > cfg.explosion_kT):
+            fired = True
+            if math.isfinite(v) and math.isfinite(ref_value):
+                ev[f"{k}_excess_kT"] = (v - ref_value) / kt_value
+    if not fired:
+        return None
+    rmsd = _finite(ctx.es("val/reconstruction_rmsd_nm"))
+    perfect = False
+    if len(rmsd):
+        ev["val/reconstruction_rmsd_nm_last"] = rmsd.iloc[-1]
+        ev["val/reconstruction_rmsd_nm_max"] = rmsd.max()
+        perfect = rmsd.max() < cfg.perfect_reconstruction_nm
+    for split in ("train", "val"):
+        for kind in ("loss_forward", "loss_inverse"):
+            s = ctx.loss(split, kind)
+            if len(s):
+                ev[f"{split}/{kind}_first"] = s.iloc[0]
+                ev[f"{split}/{kind}_last"] = s.iloc[-1]
+    other = "inverse" if direction == "forward" else "forward"
+    o_e, o_ref, o_kt, _ = DIRECTIONS[other]
+    if ctx.has(o_e) and ctx.has(o_ref):
+        oe = _finite(ctx.es(o_e))
+        if len(oe):
+            okt = _finite(ctx.es(o_kt))
+            okt_v = float(okt.iloc[-1]) if len(okt) else cfg.default_kT_kjmol
+            ev[f"{other}_excess_kT_last"] = (oe.iloc[-1] - _finite(ctx.es(o_ref)).iloc[-1]) / okt_v
+    peak = ev.get(f"{e_key}_max", math.nan)
+    evals = [v for k, v in eval_keys.items()]
+    peak_all = max([p for p in [peak] + evals if isinstance(p, float) and math.isfinite(p)],
+                   default=math.nan)
+    arrow = "T^-1(y)" if direction == "inverse" else "T(x)"
+    title = (f"{direction.capitalize()} direction explodes: mean energy of {arrow} reaches "
+             f"{peak_all:.3g} kJ/mol (reference {ref_value:.4g} kJ/mol, kT {kt_value:.3g} kJ/mol)")
+    if "first_nonfinite_epoch" in ev:
+        title += f", non-finite from epoch {ev['first_nonfinite_epoch']}"
+    if perfect:
+        title += (f", while reconstruction RMSD is {ev['val/reconstruction_rmsd_nm_last']:.2g} nm "
+                  "(looks perfect, proves only invertibility)")
+    causes = [
+        f"the {direction} direction is not (or too weakly) trained: the loss only constrains the "
+        f"{other} direction, so an exactly invertible map can shrink volume one way and blow up "
+        "the other",
+        "a missing or wrongly signed log-det term lets the map collapse volume",
+        "unbounded scale outputs (exp of an unconstrained scale) in the coupling layers",
+        "learning rate too high once the map becomes ill-conditioned",
+    ]
+    steps = [
+        f"train both directions (add or up-weight the {direction} energy/KL term) and check the "
+        "log-det sign",
+        "bound the scales (tanh / soft clamp) and regularise energies (moltune.physics.energy."
+        "regularize_energy)",
+        "judge checkpoints on energies of transformed samples, not on reconstruction RMSD",
+        "resume from the last good checkpoint with a lower learning rate; keep the "
+        "energy_explosion monitor on action: stop",
+    ]
+    return Finding(f"{direction}_explosion", "critical", title, ev, causes, steps, "energies")
+
+
+def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    worst: Finding | None = None
+    for metric, floor in cfg.quality_floors.items():
+        s = ctx.es(metric)
+        if len(s) < 2:
+            continue
+        v = s.fillna(0.0)
+        best_epoch = int(v.idxmax())
+        best, last = float(v.max()), float(v.iloc[-1])
+        below = last < floor and best >= floor
+        dropped = best > 0 and last < best * (1 - cfg.quality_drop)
+        if not (below or dropped):
+            continue
+        ev: dict[str, Any] = {f"{metric}_best": best, "best_epoch": best_epoch, f"{metric}_last": last,
+                              "last_epoch": int(v.index[-1]), "floor": floor}
+        first_below = _first_epoch(v.loc[best_epoch:], lambda x: x < floor)
+        if first_below is not None:
+            ev["first_epoch_below_floor"] = first_below
+        zero = _first_epoch(v, lambda x: x == 0)
+        if zero is not None:
+            ev["first_epoch_at_zero"] = zero
+        loss_note = ""
+        for split in ("train", "val"):
+            ls = _finite(ctx.loss(split))
+            if len(ls) and best_epoch in ls.index:
+                ev[f"{split}/loss_at_best_epoch"] = ls.loc[best_epoch]
+                ev[f"{split}/loss_last"] = ls.iloc[-1]
+        tl = _finite(ctx.loss("train"))
+        if len(tl) >= 2:
+            ev["train/loss_first"] = tl.iloc[0]
+            ev["train/loss_last"] = tl.iloc[-1]
+            if tl.iloc[-1] < tl.iloc[0]:
+                loss_note = f" while train loss fell {tl.iloc[0]:.3g} -> {tl.iloc[-1]:.3g}"
+        title = (f"{metric} collapsed from {best:.3g} (epoch {best_epoch}) to {last:.3g} "
+                 f"(epoch {int(v.index[-1])}){loss_note}")
+        causes = [
+            "the loss does not measure this quality: the model optimises something the metric "
+            "does not reward (e.g. per-atom positions without bonds)",
+            "an adapter / fine-tuning step moved the model off the pretrained manifold",
+            "learning rate too high for fine-tuning",
+        ]
+        steps = [
+            f"select checkpoints on {metric}, not on loss (best was epoch {best_epoch})",
+            f"keep the quality_floor monitor for {metric} on action: stop",
+            "lower the learning rate or regularise towards the pretrained model / identity adapter",
+            "compare against controls (pretrained, identity adapter) with moltune.validation.controls",
+        ]
+        f = Finding("quality_collapse", "critical" if last < floor else "high", title, ev, causes,
+                    steps, "quality")
+        if worst is None or sort_key(f.id, f.severity) < sort_key(worst.id, worst.severity):
+            worst = f
+    return worst
+
+
+def rule_not_learning(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    steps_s = _finite(logs.step_series(ctx.m, "train/loss"))
+    epoch_s = _finite(ctx.loss("train"))
+    # epoch means average out batch-to-batch noise; steps only when there are too few epochs
+    s = epoch_s if len(epoch_s) >= cfg.min_train_points else steps_s
+    if len(s) < cfg.min_train_points:
+        return None
+    v = s.to_numpy(dtype=float)
+    k = max(1, len(v) // 10)
+    head, tail = float(np.mean(v[:k])), float(np.mean(v[-k:]))
+    improvement = -_rel(head, tail)
+    if improvement >= cfg.min_rel_improvement:
+        return None
+    ev: dict[str, Any] = {"train/loss_start_mean": head, "train/loss_end_mean": tail,
+                          "relative_improvement": improvement, "min_rel_improvement":
+                          cfg.min_rel_improvement, "n_points": len(v), "train/loss_min": float(v.min())}
+    lr = _setting(ctx.run, ("lr", "learning_rate", "learning-rate"))
+    if lr is not None:
+        ev[lr[0]] = lr[1]
+    gn = _finite(logs.step_series(ctx.m, "train/grad_norm"))
+    if len(gn):
+        ev["train/grad_norm_median"] = float(np.median(gn))
+    title = (f"Training loss did not improve: {head:.4g} -> {tail:.4g} "
+             f"({improvement:+.1%} over {len(v)} logged values)")
+    if lr is not None and lr[1] == 0:
+        title += f"; learning rate is 0 ({lr[0]})"
+    causes = ["learning rate zero or far too small",
+              "parameters frozen (requires_grad False) or not passed to the optimizer",
+              "loss detached from the parameters (e.g. computed under no_grad or on .detach())",
+              "gradients vanish (saturated activations, zero-initialised last layer)"]
+    steps = ["check the learning rate and which parameters the optimizer holds",
+             "overfit a single batch: the loss must go to ~0 within a few hundred steps",
+             "log train/grad_norm; a zero norm means no gradient reaches the parameters"]
+    return Finding("not_learning", "critical", title, ev, causes, steps, "loss")
+
+
+def rule_nonfinite(ctx: _Ctx) -> Finding | None:
+    m = ctx.m
+    bad = m[~np.isfinite(m["value"].to_numpy(dtype=float))]
+    if not len(bad):
+        return None
+    ev: dict[str, Any] = {}
+    for metric, rows in bad.groupby("metric", sort=False):
+        ev[f"{metric}:count"] = len(rows)
+        ev[f"{metric}:first_step"] = int(rows["step"].iloc[0])
+        if math.isfinite(rows["epoch"].iloc[0]):
+            ev[f"{metric}:first_epoch"] = int(rows["epoch"].iloc[0])
+    first = bad.iloc[0]
+    title = (f"Non-finite values in {bad['metric'].nunique()} metric(s); first: {first['metric']} = "
+             f"{first['value']} at step {int(first['step'])}")
+    causes = ["an exploding direction or energy (see other findings)",
+              "division by zero / log of zero in the loss", "learning rate too high"]
+    steps = ["keep the nonfinite monitor on action: stop so the last good checkpoint survives",
+             "resume from the last good checkpoint with a lower learning rate or gradient clipping"]
+    return Finding("nonfinite", "critical", title, ev, causes, steps, "loss")
+
+
+def rule_adapter_drift(ctx: _Ctx) -> Finding | None:
+    lo, hi = ctx.cfg.gamma_range
+    s = _finite(ctx.es("adapter/gamma_mean"))
+    if not len(s):
+        return None
+    out = s[(s < lo) | (s > hi)]
+    if not len(out):
+        return None
+    ev = {"adapter/gamma_mean_first": s.iloc[0], "adapter/gamma_mean_last": s.iloc[-1],
+          "first_epoch_outside": int(out.index[0]), "low": lo, "high": hi}
+    return Finding("adapter_drift", "high",
+                   f"FiLM gamma mean left [{lo:g}, {hi:g}]: {s.iloc[-1]:.3g} at epoch {int(s.index[-1])}",
+                   ev, ["adapter learning rate too high", "no regularisation towards identity"],
+                   ["regularise gamma towards 1 and beta towards 0", "lower the adapter learning rate"],
+                   "quality")
+
+
+def rule_stopped(ctx: _Ctx) -> Finding | None:
+    st = ctx.run.stopped
+    if not st:
+        return None
+    ev = {"monitor": st.get("monitor"), "step": st.get("step"), "epoch": st.get("epoch")}
+    ev |= {f"value:{k}": v for k, v in (st.get("values") or {}).items()}
+    if st.get("last_good_checkpoint"):
+        ev["last_good_checkpoint"] = st["last_good_checkpoint"]
+    return Finding("stopped_by_monitor", "high",
+                   f"Stopped by red-flag monitor {st.get('monitor')} at step {st.get('step')} "
+                   f"(epoch {st.get('epoch')}): {st.get('message')}", ev,
+                   ["see the other findings for why the monitor fired"],
+                   ["resume from the last good checkpoint after fixing the cause"], None)
+
+
+def rule_small_validation(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    ev: dict[str, Any] = {}
+    reasons = []
+    n = _setting(ctx.run, cfg.n_val_keys)
+    ns = _finite(ctx.es("val/n_samples"))
+    if len(ns):
+        n = ("val/n_samples", float(ns.iloc[-1]))
+    if n is not None:
+        ev["n_validation_samples"] = n[1]
+        ev["source"] = n[0]
+        if n[1] < cfg.min_val_samples:
+            reasons.append(f"{int(n[1])} validation sample(s) (< {cfg.min_val_samples})")
+    val, train = ctx.loss("val"), ctx.loss("train")
+    zv, zt = _zigzag(val), _zigzag(train)
+    fv = _finite(val)
+    if math.isfinite(zv) and len(fv):
+        fvp = fv[fv > 0]
+        span = float(fvp.max() / fvp.min()) if len(fvp) else math.nan
+        ev |= {"val/loss_min": fv.min(), "val/loss_max": fv.max(), "val_span_max_over_min": span,
+               "val_zigzag": zv, "train_zigzag": zt}
+        v = fvp.to_numpy(dtype=float)
+        jumps = int((np.diff(np.log(v)) > math.log(cfg.volatility_jump)).sum()) if len(v) > 1 else 0
+        ev["val_jumps_over_factor"] = jumps
+        if (math.isfinite(zt) and zv > cfg.volatility_factor * max(zt, 1e-12)
+                and span > cfg.volatility_span and jumps >= cfg.volatility_min_jumps):
+            reasons.append(f"validation loss swings {fv.min():.3g}..{fv.max():.3g} "
+                           f"({zv / max(zt, 1e-12):.3g}x the training loss's zig-zag)")
+    if not reasons:
+        return None
+    causes = ["the validation split holds too few samples to estimate the loss",
+              "one unusual validation example dominates the average"]
+    steps = [f"validate on at least {cfg.min_val_samples} (better 50+) held-out samples",
+             "report validation with a confidence interval (bootstrap over samples)",
+             "until then, do not select checkpoints or stop early on validation loss"]
+    return Finding("small_validation", "high", "Validation set too small to trust: " +
+                   "; ".join(reasons), ev, causes, steps, "loss")
+
+
+def rule_overfitting(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    train, val = _finite(ctx.loss("train")), _finite(ctx.loss("val"))
+    common = val.index.intersection(train.index)
+    if len(common) < cfg.min_evaluations:
+        return None
+    train, val = train.loc[common], val.loc[common]
+    best_epoch = int(val.idxmin())
+    best, last = float(val.min()), float(val.iloc[-1])
+    rise = _rel(best, last)
+    train_drop = -_rel(float(train.loc[best_epoch]), float(train.iloc[-1]))
+    positive = bool((train > 0).all() and (val > 0).all())
+    ratio_last = float(val.iloc[-1] / train.iloc[-1]) if positive else math.nan
+    diverging = rise > cfg.overfit_rise and train_drop > 0.01
+    ratio_high = positive and ratio_last > cfg.overfit_ratio
+    if not (diverging or ratio_high):
+        return None
+    ev: dict[str, Any] = {"val/loss_best": best, "best_epoch": best_epoch, "val/loss_last": last,
+                          "val_rise_from_best": rise, "train/loss_at_best_epoch": train.loc[best_epoch],
+                          "train/loss_last": train.iloc[-1], "train_drop_after_best": train_drop}
+    if positive:
+        ev["val_train_ratio_last"] = ratio_last
+    try:
+        ov = detect_overfitting(ctx.m, cfg.overfit_threshold, checkpoints=ctx.run.checkpoints)
+        ev["first_overfit_epoch"] = ov.first_overfit_epoch
+        ev["recommended_epoch"] = ov.recommended_epoch
+        ev["overfit_threshold"] = cfg.overfit_threshold
+    except Exception:  # noqa: BLE001 - evidence is optional here
+        pass
+    severity = "high"
+    title = (f"Overfitting: validation loss rose from {best:.4g} (epoch {best_epoch}) to {last:.4g} "
+             f"while training loss fell {train.loc[best_epoch]:.4g} -> {train.iloc[-1]:.4g}")
+    if not diverging:
+        title = f"Validation loss is {ratio_last:.3g}x the training loss at the end"
+    if "small_validation" in ctx.found:
+        severity = "low"
+        title += " (not trustworthy: the validation set is too small)"
+    causes = ["too little training data for the model's capacity", "too many epochs",
+              "too little regularisation (weight decay, dropout, augmentation)"]
+    steps = [f"use the checkpoint of epoch {ev.get('recommended_epoch', best_epoch)} "
+             "(`moltune runs overfitting RUN`)",
+             "add data or augmentation, regularise, or stop earlier on validation loss"]
+    return Finding("overfitting", severity, title, ev, causes, steps, "loss")
+
+
+def rule_asymmetry(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    fwd, inv = _finite(ctx.es("val/loss_forward")), _finite(ctx.es("val/loss_inverse"))
+    if len(fwd) < cfg.min_evaluations or len(inv) < cfg.min_evaluations:
+        return None
+    tf = trend(list(fwd), cfg.asymmetry_trend, cfg.asymmetry_rel_change)
+    ti = trend(list(inv), cfg.asymmetry_trend, cfg.asymmetry_rel_change)
+    if tf * ti != -1:
+        return None
+    better, worse = ("forward", "inverse") if tf < 0 else ("inverse", "forward")
+    b, w = (fwd, inv) if tf < 0 else (inv, fwd)
+    ev = {f"val/loss_{better}_first": b.iloc[0], f"val/loss_{better}_last": b.iloc[-1],
+          f"val/loss_{worse}_first": w.iloc[0], f"val/loss_{worse}_last": w.iloc[-1],
+          f"kendall_tau_{better}": kendall_trend(list(b)), f"kendall_tau_{worse}": kendall_trend(list(w))}
+    return Finding("direction_asymmetry", "medium",
+                   f"{better} loss improved ({b.iloc[0]:.4g} -> {b.iloc[-1]:.4g}) while {worse} loss "
+                   f"got worse ({w.iloc[0]:.4g} -> {w.iloc[-1]:.4g})", ev,
+                   [f"the {worse} direction gets too little weight in the loss"],
+                   [f"balance the two directions' loss weights; watch {worse} energies"], "loss")
+
+
+def rule_grad(ctx: _Ctx) -> Finding | None:
+    g = _finite(logs.step_series(ctx.m, "train/grad_norm"))
+    if not len(g) or g.max() <= ctx.cfg.grad_norm_max:
+        return None
+    ev = {"train/grad_norm_max": g.max(), "step_of_max": int(g.idxmax()),
+          "train/grad_norm_median": float(np.median(g)), "bound": ctx.cfg.grad_norm_max}
+    return Finding("gradient_explosion", "medium",
+                   f"Gradient norm reached {g.max():.3g} (bound {ctx.cfg.grad_norm_max:g}) at step "
+                   f"{int(g.idxmax())}", ev, ["learning rate too high", "ill-conditioned loss"],
+                   ["clip gradients", "lower the learning rate"], "loss")
+
+
+def rule_monitor_warnings(ctx: _Ctx) -> Finding | None:
+    warns = [r for r in ctx.run.redflags if r.get("action") == "warn"]
+    if not warns:
+        return None
+    ev: dict[str, Any] = {}
+    for r in warns:
+        ev[f"{r.get('monitor')}:count"] = ev.get(f"{r.get('monitor')}:count", 0) + 1
+        ev.setdefault(f"{r.get('monitor')}:first_step", r.get("step"))
+    return Finding("monitor_warnings", "low", f"{len(warns)} red-flag warning(s) during training: " +
+                   ", ".join(sorted({str(r.get('monitor')) for r in warns})), ev,
+                   ["see redflags.json for each warning's message"], ["read redflags.json"], None)
+
+
+def rule_no_validation(ctx: _Ctx) -> Finding | None:
+    if ctx.has("val/loss"):
+        return None
+    ev = {"metrics_logged": len(ctx.m["metric"].unique()), "val/loss_logged": False}
+    return Finding("no_validation", "medium", "No validation loss logged: generalisation cannot be "
+                   "judged", ev, ["no validation dataloader, or val/loss logged under another name"],
+                   ["log val/loss on a held-out set"], None)
+
+
+def rule_short_run(ctx: _Ctx) -> Finding | None:
+    n = len(_finite(ctx.loss("val"))) or len(_finite(ctx.loss("train")))
+    if n >= ctx.cfg.min_evaluations:
+        return None
+    return Finding("short_run", "low", f"Only {n} evaluation(s): too few to judge trends",
+                   {"evaluations": n, "min_evaluations": ctx.cfg.min_evaluations},
+                   ["run stopped early or is still running"], ["train longer before judging"], None)
+
+
+RULES: list[Callable[[_Ctx], Finding | None]] = [
+    lambda c: rule_explosion(c, "inverse"),
+    lambda c: rule_explosion(c, "forward"),
+    rule_quality_collapse,
+    rule_not_learning,
+    rule_nonfinite,
+    rule_adapter_drift,
+    rule_stopped,
+    rule_small_validation,  # before overfitting: a tiny validation set downgrades it
+    rule_overfitting,
+    rule_asymmetry,
+    rule_grad,
+    rule_monitor_warnings,
+    rule_no_validation,
+    rule_short_run,
+]
+
+
+def _healthy(ctx: _Ctx) -> Finding:
+    ev: dict[str, Any] = {}
+    tl, vl = _finite(ctx.loss("train")), _finite(ctx.loss("val"))
+    if len(tl):
+        ev |= {"train/loss_first": tl.iloc[0], "train/loss_last": tl.iloc[-1],
+               "train_relative_improvement": -_rel(tl.iloc[0], tl.iloc[-1])}
+    if len(vl):
+        ev |= {"val/loss_best": vl.min(), "val/loss_last": vl.iloc[-1], "evaluations": len(vl)}
+    return Finding("healthy", "info", "Healthy: the training loss fell, validation followed it, and no "
+                   "red flag was raised in what was logged", ev, [],
+                   ["confirm with the task's own evaluation (energies, chemistry) and controls"], None)
+
+
+# --------------------------------------------------------------------------- summary / plots
+
+
+def summary(ctx: _Ctx) -> dict[str, Any]:
+    s: dict[str, Any] = {"log": str(ctx.run.log_path)}
+    m = ctx.m
+    if len(m):
+        s["steps"] = int(m["step"].max()) + 1
+        ep = m["epoch"].dropna()
+        if len(ep):
+            s["epochs"] = int(ep.max()) + 1
+    for split in ("train", "val"):
+        for kind in ("loss", "loss_forward", "loss_inverse"):
+            ser = ctx.loss(split, kind)
+            if len(ser):
+                fin = _finite(ser)
+                s[f"{split}/{kind} first -> last"] = f"{_num(ser.iloc[0])} -> {_num(ser.iloc[-1])}"
+                if len(fin):
+                    s[f"{split}/{kind} best (epoch)"] = f"{_num(fin.min())} ({int(fin.idxmin())})"
+    for direction, (e_key, ref_key, kt_key, _) in DIRECTIONS.items():
+        e = ctx.es(e_key)
+        if len(e):
+            fin = _finite(e)
+            s[f"{e_key} last / max"] = (f"{_num(e.iloc[-1])} / "
+                                        f"{_num(fin.max()) if len(fin) else 'n/a'}")
+            r = _finite(ctx.es(ref_key))
+            if len(r):
+                s[ref_key] = _num(r.iloc[-1])
+    for name in ("val/reconstruction_rmsd_nm", "val/acceptance_flow", "val/acceptance_naive",
+                 "val/nonfinite_fraction", *QUALITY_PLOT_METRICS, "adapter/gamma_mean"):
+        ser = ctx.es(name)
+        if len(ser) and name not in s:
+            s[f"{name} first -> last"] = f"{_num(ser.iloc[0])} -> {_num(ser.iloc[-1])}"
+    g = _finite(logs.step_series(ctx.m, "train/grad_norm"))
+    if len(g):
+        s["train/grad_norm max"] = _num(g.max())
+    n = _setting(ctx.run, ctx.cfg.n_val_keys)
+    if n is not None:
+        s["validation samples"] = f"{int(n[1])} ({n[0]})"
+    if ctx.run.stopped:
+        s["stopped"] = f"{ctx.run.stopped.get('monitor')} at step {ctx.run.stopped.get('step')}"
+    s["checkpoints"] = len(ctx.run.checkpoints)
+    for k, v in list(ctx.run.evaluation.items())[:20]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            s[f"evaluation: {k}"] = _num(v)
+    return s
+
+
+def _num(v: Any) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return f"{x:.4g}"
+
+
+def make_plots(ctx: _Ctx, plot_dir: Path) -> dict[str, str]:
+    from moltune.validation.plots import series_plot
+
+    out: dict[str, str] = {}
+    panels: dict[str, dict[str, pd.Series]] = {}
+    totals = {f"{sp}/loss": ctx.loss(sp) for sp in ("train", "val") if len(ctx.loss(sp))}
+    if totals:
+        panels["loss"] = totals
+    for kind in ("loss_forward", "loss_inverse"):
+        lines = {f"{sp}/{kind}": ctx.loss(sp, kind) for sp in ("train", "val") if len(ctx.loss(sp, kind))}
+        if lines:
+            panels[kind.replace("_", " ")] = lines
+    if panels:
+        out["loss"] = series_plot(panels, plot_dir / "diagnosis_loss.png", "losses per direction").name
+    energy_panels = {}
+    for direction, (e_key, ref_key, _, _) in DIRECTIONS.items():
+        lines = {k: ctx.es(k) for k in (e_key, ref_key) if len(ctx.es(k))}
+        if lines:
+            energy_panels[f"{direction}: energy of transformed samples vs reference (kJ/mol)"] = lines
+    if energy_panels:
+        out["energies"] = series_plot(energy_panels, plot_dir / "diagnosis_energies.png",
+                                      "energies over training").name
+    q = {k: ctx.es(k) for k in (*QUALITY_PLOT_METRICS, "adapter/gamma_mean") if len(ctx.es(k))}
+    if q:
+        out["quality"] = series_plot({"quality metrics": q}, plot_dir / "diagnosis_quality.png",
+                                     "quality metrics over epochs").name
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def diagnose_run(run: logs.RunData, cfg: DiagnoseConfig | None = None,
+                 plot_dir: Path | None = None) -> Diagnosis:
+    """Apply every rule to ``run``; findings sorted most severe first (healthy first if present)."""
+    cfg = cfg or DiagnoseConfig()
+    ctx = _Ctx(run, cfg)
+    for rule in RULES:
+        f = rule(ctx)
+        if f is not None:
+            ctx.found[f.id] = f
+    findings = list(ctx.found.values())
+    if not any(f.severity in ("critical", "high", "medium") for f in findings):
+        findings.append(_healthy(ctx))
+    findings.sort(key=lambda f: sort_key(f.id, f.severity))
+    for f in findings:
+        f.evidence = {k: _f(v) for k, v in f.evidence.items()}
+    plots = make_plots(ctx, plot_dir) if plot_dir is not None else {}
+    for f in findings:
+        f.plot = plots.get(f.plot) if f.plot else None
+        if f.plot:
+            f.plot = f"plots/{f.plot}"
+    return Diagnosis(str(run.path), summary(ctx), findings, plots, cfg)
+
+
+def to_markdown(d: Diagnosis) -> str:
+    lines = [f"# Diagnosis: `{d.run}`", ""]
+    serious = [f for f in d.findings if f.severity in ("critical", "high", "medium")]
+    if d.findings and d.findings[0].id == "healthy":
+        lines += ["**Healthy.** " + d.findings[0].title + ".", ""]
+    else:
+        lines += [f"**{len(serious)} problem(s) found. Most severe: {d.findings[0].title}.**", ""]
+    lines += ["## Key figures", "", "| figure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in d.summary.items()]
+    lines += ["", "## Findings (most severe first)", ""]
+    for i, f in enumerate(d.findings, 1):
+        lines += [f"### {i}. [{f.severity.upper()}] {f.title}", "", f"id: `{f.id}`", ""]
+        if f.evidence:
+            lines += ["| evidence | value |", "|---|---|"]
+            lines += [f"| `{k}` | {v} |" for k, v in f.evidence.items()]
+            lines.append("")
+        if f.plot:
+            lines += [f"![{f.id}]({f.plot})", ""]
+        if f.causes:
+            lines += ["Likely causes:", ""] + [f"- {c}" for c in f.causes] + [""]
+        if f.next_steps:
+            lines += ["Next steps:", ""] + [f"- {c}" for c in f.next_steps] + [""]
+    lines += ["## How these findings were made", "",
+              "Rules in `moltune/validation/diagnose.py` (ids in `moltune/validation/vocabulary.py`)"
+              ", with these thresholds:", ""]
+    lines += [f"- `{k}` = {v}" for k, v in asdict(d.config).items()]
+    return "\n".join(lines) + "\n"
+
+
+def run_diagnosis(path: str | Path, out: str | Path | None = None, cfg: DiagnoseConfig | None = None,
+                  wandb_run: str | None = None) -> Diagnosis:
+    """Read a run folder (or log), diagnose it, write diagnosis.md, diagnosis.json and plots."""
+    run = logs.load_run(path, wandb_run)
+    out_dir = Path(out) if out is not None else run.path
+    d = diagnose_run(run, cfg, out_dir / "plots")
+    write_json(out_dir / "diagnosis.json", d.as_json())
+    write_text(out_dir / "diagnosis.md", to_markdown(d))
+    return d
