@@ -29,8 +29,9 @@ import functools
 import importlib.util
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -286,7 +287,6 @@ def build_molecule(coords_A: Any, atom_type_index: Any, method: str = "rdkit") -
     ``"openbabel"`` (the reference DiffSBDD builder; needs the ``openbabel`` package).
     None is returned for an empty or non-finite input.
     """
-    from rdkit import Chem
     from rdkit.Chem import rdDetermineBonds
 
     xyz, symbols = _validate_inputs(coords_A, atom_type_index)
@@ -466,7 +466,7 @@ def canonicalise_smiles_list(smiles: Iterable[str]) -> set[str]:
 def novelty(smiles: Sequence[str], train_smiles: Iterable[str]) -> float | None:
     """Fraction of the given (unique) SMILES absent from the training set; None if empty."""
     train = canonicalise_smiles_list(train_smiles)
-    uniq = sorted(set(s for s in smiles if s))
+    uniq = sorted({s for s in smiles if s})
     if not uniq:
         return None
     return float(np.mean([s not in train for s in uniq]))
@@ -496,12 +496,15 @@ def read_smiles_file(path: str | os.PathLike) -> list[str]:
 # --------------------------------------------------------------------------------------------
 def posebusters_checks(
     mols: Sequence[Any], pdb_path: str | os.PathLike, config: str = "dock"
-) -> Any:
-    """PoseBusters' checks of each pose in the pocket (``config="dock"``: chemistry, geometry,
-    intermolecular clashes with the protein). Returns a pandas DataFrame, one row per molecule
-    in input order, boolean columns per check plus ``pb_valid`` (all passed). Molecules that are
-    None or fail to sanitise get NaN rows. Raises UserError with a clear message when PoseBusters
-    itself fails (e.g. an unreadable protein)."""
+) -> list[dict[str, Any] | None]:
+    """PoseBusters' checks of each pose in the pocket (``config="dock"``: loading, chemistry,
+    geometry, distances and volume overlap with the protein).
+
+    Returns one dict per input molecule ({check: True/False/None} plus ``pb_valid``, True only
+    when every check passed), or None for a molecule that is None or does not sanitise (it is
+    not sent to PoseBusters). Raises UserError with a clear message when PoseBusters fails or
+    cannot read the protein.
+    """
     import pandas as pd
 
     pdb_path = Path(pdb_path)
@@ -511,31 +514,29 @@ def posebusters_checks(
         from posebusters import PoseBusters
     except ImportError as exc:
         raise UserError(f"PoseBusters is not installed ({exc}): pip install posebusters") from exc
-    rows: list[dict[str, Any] | None] = []
-    buster = PoseBusters(config=config, max_workers=0)
-    for i, mol in enumerate(mols):
-        m = sanitized_copy(mol)
-        if m is None:
-            rows.append(None)
-            continue
-        try:
-            df = buster.bust([m], None, str(pdb_path))
-        except Exception as exc:  # noqa: BLE001 - PoseBusters raises many kinds
-            raise UserError(
-                f"PoseBusters failed on molecule {i} with protein {pdb_path}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
-        rec = {str(k): (bool(v) if isinstance(v, (bool, np.bool_)) else v)
-               for k, v in df.iloc[0].to_dict().items()}
-        rows.append(rec)
-    cols = sorted({k for r in rows if r for k in r})
-    table = pd.DataFrame([r if r else {c: np.nan for c in cols} for r in rows], columns=cols)
-    bool_cols = [c for c in cols if table[c].dropna().map(lambda x: isinstance(x, bool)).all()
-                 and table[c].notna().any()]
-    table = table[bool_cols]
-    ok = table.notna().all(axis=1)
-    table["pb_valid"] = np.where(ok, table.fillna(False).astype(bool).all(axis=1), np.nan)
-    return table
+    prepared = [sanitized_copy(m) for m in mols]
+    todo = [i for i, m in enumerate(prepared) if m is not None]
+    out: list[dict[str, Any] | None] = [None] * len(mols)
+    if not todo:
+        return out
+    try:
+        df = PoseBusters(config=config, max_workers=0).bust(
+            [prepared[i] for i in todo], None, str(pdb_path))
+    except Exception as exc:
+        raise UserError(
+            f"PoseBusters failed on {len(todo)} molecule(s) with protein {pdb_path}: "
+            f"{type(exc).__name__}: {exc}") from exc
+    if len(df) != len(todo):
+        raise UserError(f"PoseBusters returned {len(df)} rows for {len(todo)} molecules")
+    if "mol_cond_loaded" in df.columns and not bool(df["mol_cond_loaded"].fillna(False).any()):
+        raise UserError(f"PoseBusters could not read the protein {pdb_path}: is it a PDB file?")
+    for i, (_, rec) in zip(todo, df.iterrows()):
+        row: dict[str, Any] = {}
+        for k, v in rec.items():
+            row[str(k)] = None if pd.isna(v) else bool(v)
+        row["pb_valid"] = all(v is True for v in row.values())
+        out[i] = row
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -609,11 +610,11 @@ def evaluate_sdf(
         row = {"index": i, **molecule_metrics(mol)}
         rows.append(row)
     if pdb_path is not None and posebusters:
-        table = posebusters_checks(mols, pdb_path)
-        for row, (_, pb) in zip(rows, table.iterrows()):
-            row.update({f"pb_{k}" if not k.startswith("pb_") else k: (
-                None if (isinstance(v, float) and math.isnan(v)) else bool(v))
-                for k, v in pb.items()})
+        for row, pb in zip(rows, posebusters_checks(mols, pdb_path)):
+            if pb is None:
+                row["pb_valid"] = False  # invalid molecules fail the pose checks
+                continue
+            row.update({k if k.startswith("pb_") else f"pb_{k}": v for k, v in pb.items()})
     good_mols = [sanitized_copy(m) for m, r in zip(mols, rows) if r["valid"] and r["connected"]]
     summary = summarise(rows, train_smiles, valid_mols=good_mols)
     summary["sdf"] = str(sdf_path)

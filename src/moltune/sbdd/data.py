@@ -20,9 +20,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -215,11 +216,11 @@ def _load_structure(pdb_path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = PDBParser(QUIET=True).get_structure("", str(pdb_path))
-    except Exception as exc:  # noqa: BLE001 - Biopython raises many kinds
+    except Exception as exc:
         raise InvalidInputError(f"cannot parse PDB file {pdb_path}: {exc}") from exc
     models = list(structure)
     if not models:
-        raise InvalidInputError(f"PDB file {pdb_path} has no atoms")
+        raise InvalidInputError(f"cannot parse PDB file {pdb_path}: no ATOM/HETATM records")
     return models[0]
 
 
@@ -433,8 +434,8 @@ def split_groups(
     rng = np.random.default_rng(seed)
     order = [list(groups[i]) for i in rng.permutation(len(groups))]
     targets = {
-        "val": max(min_val, int(round(val_fraction * n))) if val_fraction > 0 else 0,
-        "test": int(round(test_fraction * n)) if test_fraction > 0 else 0,
+        "val": max(min_val, round(val_fraction * n)) if val_fraction > 0 else 0,
+        "test": round(test_fraction * n) if test_fraction > 0 else 0,
     }
     counts = {"train": 0, "val": 0, "test": 0}
     placed: list[tuple[str, list[str]]] = []

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -93,7 +94,7 @@ class DeterministicEmbedding:
         for a in seq:
             comp[_AA_INDEX[a]] += 1
         pairs = np.zeros(400)
-        for a, b in zip(seq[:-1], seq[1:]):
+        for a, b in itertools.pairwise(seq):
             pairs[_AA_INDEX[a] * 20 + _AA_INDEX[b]] += 1
         props = np.array([[_HYDROPATHY[a] / 4.5, _CHARGE[a], _VOLUME[a] / 100.0,
                            float(a in _POLAR), float(a in _AROMATIC)] for a in seq])
@@ -220,7 +221,7 @@ class ESMCEmbedding:
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInputError(
                 f"{self.weights} is not an ESM-C 300M state dict: {exc}") from exc
         self._model = model.to(self.device).eval().float()
