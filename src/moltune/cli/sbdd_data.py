@@ -83,8 +83,8 @@ def _plot(rows: list[dict], path: Path) -> None:
     for ax, (k, label) in zip(axes, keys):
         vals = [r[k] for r in rows if r.get(k) is not None and r.get("connected")]
         if vals:
-            ax.hist(vals, bins=20 if k != "lipinski" else range(7), color="tab:blue",
-                    alpha=0.8)
+            bins = [x - 0.5 for x in range(7)] if k == "lipinski" else 20
+            ax.hist(vals, bins=bins, color="tab:blue", alpha=0.8, rwidth=0.9)
         ax.set_xlabel(label)
         ax.set_ylabel("molecules")
     n_valid = sum(bool(r.get("valid")) for r in rows)
