@@ -1,0 +1,179 @@
+"""Parallel-tempering data on disk (written by ``moltune pt simulate``) and its loader.
+
+Layout of a PT directory::
+
+    DIR/
+      topology.pdb      the peptide (atom order of every coordinate array)
+      metadata.json     temperatures_K, force field, solvent, timestep_fs, friction_per_ps,
+                        save/swap/equilibration/checkpoint intervals (ps), seed, package versions,
+                        n_frames, complete, swap statistics
+      pt_data.npz       the data, written once the run is complete:
+                          temperatures_K  [K]           float64, ascending
+                          xyz_nm          [K, F, N, 3]  float32, frames per *temperature*
+                          energy_kjmol    [K, F]        float64, potential energy of each frame
+                          replica_index   [K, F]        int32, which replica (walker) the frame is
+                          time_ps         [F]           float64, production time of each frame
+                          swap_attempts   [K-1]         int64, per neighbouring pair (k, k+1)
+                          swap_accepts    [K-1]         int64
+                          swap_time_ps    [E]           float64, time of each production swap event
+                          swap_accepted   [E, K-1]      int8, 1 accepted, 0 rejected, -1 not tried
+      chunks/chunk_NNNNNN.npz   the per-frame and per-swap arrays of one checkpoint interval
+                        (``xyz_nm``, ``energy_kjmol``, ``replica_index``, ``time_ps``,
+                        ``swap_time_ps``, ``swap_accepted``); kept after completion so a run can
+                        be extended with a longer ``--time-ns``
+      state.npz         checkpoint to resume from (positions, velocities, replica permutation,
+                        swap RNG state, step counter, OpenMM context checkpoints)
+
+Every file is written atomically; a chunk is written before the state that counts it, so a run
+interrupted at any point resumes without losing or duplicating frames.  ``load_pt_data`` reads
+``pt_data.npz`` or, for a run still going (or interrupted), the chunks the state file counts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from moltune.common.errors import InputFileError, InvalidInputError
+
+TOPOLOGY_FILE = "topology.pdb"
+METADATA_FILE = "metadata.json"
+DATA_FILE = "pt_data.npz"
+STATE_FILE = "state.npz"
+CHUNK_DIR = "chunks"
+FRAME_KEYS = ("xyz_nm", "energy_kjmol", "replica_index", "time_ps")
+SWAP_KEYS = ("swap_time_ps", "swap_accepted")
+AXIS = {"xyz_nm": 1, "energy_kjmol": 1, "replica_index": 1, "time_ps": 0, "swap_time_ps": 0,
+        "swap_accepted": 0}  # fmt: skip
+
+
+def chunk_path(directory: Path, index: int) -> Path:
+    return Path(directory) / CHUNK_DIR / f"chunk_{index:06d}.npz"
+
+
+@dataclass
+class PTData:
+    """Parallel-tempering samples, per temperature (coordinates in nm, energies in kJ/mol)."""
+
+    directory: Path
+    temperatures_K: np.ndarray
+    xyz_nm: list[np.ndarray]
+    energy_kjmol: list[np.ndarray]
+    replica_index: list[np.ndarray]
+    time_ps: np.ndarray
+    swap_attempts: np.ndarray
+    swap_accepts: np.ndarray
+    swap_time_ps: np.ndarray
+    swap_accepted: np.ndarray
+    metadata: dict
+
+    @property
+    def topology_pdb(self) -> Path:
+        return self.directory / TOPOLOGY_FILE
+
+    @cached_property
+    def topology(self):
+        """OpenMM topology of the peptide."""
+        from openmm import app
+
+        return app.PDBFile(str(self.topology_pdb)).topology
+
+    @cached_property
+    def md_topology(self):
+        """mdtraj topology of the peptide."""
+        import mdtraj
+
+        return mdtraj.load_topology(str(self.topology_pdb))
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.time_ps.shape[0])
+
+    @property
+    def swap_acceptance(self) -> np.ndarray:
+        """Observed acceptance per neighbouring pair (NaN where nothing was attempted)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.swap_accepts / self.swap_attempts
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:
+        raise InvalidInputError(f"cannot read PT data file {str(path)!r}: {exc}") from exc
+
+
+def load_pt_data(directory: str | Path) -> PTData:
+    """Load a PT directory written by ``moltune pt simulate`` (complete or partial run)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputFileError(f"PT data directory {str(d)!r} does not exist")
+    for name in (TOPOLOGY_FILE, METADATA_FILE):
+        if not (d / name).is_file():
+            raise InputFileError(f"{str(d)!r} is not a PT data directory: {name} is missing")
+    metadata = json.loads((d / METADATA_FILE).read_text())
+    temps = np.asarray(metadata["temperatures_K"], dtype=np.float64)
+    if (d / DATA_FILE).is_file():
+        z = _read_npz(d / DATA_FILE)
+        frames = {k: z[k] for k in FRAME_KEYS + SWAP_KEYS}
+        attempts, accepts = z["swap_attempts"], z["swap_accepts"]
+    elif (d / STATE_FILE).is_file():
+        state = _read_npz(d / STATE_FILE)
+        frames = read_chunks(d, int(state["n_chunks"]), temps)
+        attempts, accepts = state["swap_attempts"], state["swap_accepts"]
+    else:
+        raise InputFileError(
+            f"{str(d)!r} holds no PT data yet (neither {DATA_FILE} nor {STATE_FILE})"
+        )
+    k = len(temps)
+    if frames["xyz_nm"].shape[0] != k:
+        raise InvalidInputError(
+            f"{str(d)!r}: coordinates hold {frames['xyz_nm'].shape[0]} temperatures, "
+            f"metadata lists {k}"
+        )
+    return PTData(
+        directory=d,
+        temperatures_K=temps,
+        xyz_nm=[np.asarray(frames["xyz_nm"][i], dtype=np.float32) for i in range(k)],
+        energy_kjmol=[np.asarray(frames["energy_kjmol"][i], dtype=np.float64) for i in range(k)],
+        replica_index=[np.asarray(frames["replica_index"][i]) for i in range(k)],
+        time_ps=np.asarray(frames["time_ps"], dtype=np.float64),
+        swap_attempts=np.asarray(attempts, dtype=np.int64),
+        swap_accepts=np.asarray(accepts, dtype=np.int64),
+        swap_time_ps=np.asarray(frames["swap_time_ps"], dtype=np.float64),
+        swap_accepted=np.asarray(frames["swap_accepted"], dtype=np.int8),
+        metadata=metadata,
+    )
+
+
+def read_chunks(directory: str | Path, n_chunks: int, temps=None) -> dict[str, np.ndarray]:
+    """Concatenate the first ``n_chunks`` chunk files of a PT directory (frame and swap arrays)."""
+    d = Path(directory)
+    if temps is None:
+        temps = json.loads((d / METADATA_FILE).read_text())["temperatures_K"]
+    parts = []
+    for i in range(n_chunks):
+        if not chunk_path(d, i).is_file():
+            raise InvalidInputError(f"{str(d)!r}: chunk {i} is missing; the run is damaged")
+        parts.append(_read_npz(chunk_path(d, i)))
+    return {
+        k: np.concatenate([p[k] for p in parts], axis=AXIS[k]) if parts else _empty(k, temps)
+        for k in FRAME_KEYS + SWAP_KEYS
+    }
+
+
+def _empty(key: str, temps: np.ndarray) -> np.ndarray:
+    k = len(temps)
+    return {
+        "xyz_nm": np.zeros((k, 0, 0, 3), np.float32),
+        "energy_kjmol": np.zeros((k, 0)),
+        "replica_index": np.zeros((k, 0), np.int32),
+        "time_ps": np.zeros(0),
+        "swap_time_ps": np.zeros(0),
+        "swap_accepted": np.zeros((0, max(k - 1, 0)), np.int8),
+    }[key]
