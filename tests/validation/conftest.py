@@ -10,9 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import validation_toys as vt  # noqa: E402
+import validation_toys as vt
 
-from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors  # noqa: E402
+from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
 
 logging.getLogger("lightning").setLevel(logging.ERROR)
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

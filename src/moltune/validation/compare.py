@@ -16,9 +16,10 @@ from __future__ import annotations
 import glob
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -223,13 +224,13 @@ def _n(x: float) -> str:
 
 def to_markdown(c: Comparison) -> str:
     lines = [f"# Comparison on `{c.metric}`", "",
-             "Seeds are the unit: each run contributes one value. Intervals: 95% (bootstrap for "
-             "means, Welch for differences, Hedges & Olkin for g).", "",
+             ("Seeds are the unit: each run contributes one value. Intervals: 95% (bootstrap for "
+             "means, Welch for differences, Hedges & Olkin for g)."), "",
              "| group | n | mean | 95% CI | sd |", "|---|---|---|---|---|"]
     lines += [f"| {g.group} | {g.n} | {_n(g.mean)} | [{_n(g.ci_low)}, {_n(g.ci_high)}] | {_n(g.sd)} |"
               for g in c.groups]
-    lines += ["", "| A vs B | mean A - B | 95% CI | Hedges' g [95% CI] | p (Welch) | p adjusted "
-              f"({c.correction}) | verdict |", "|---|---|---|---|---|---|---|"]
+    lines += ["", ("| A vs B | mean A - B | 95% CI | Hedges' g [95% CI] | p (Welch) | p adjusted "
+              f"({c.correction}) | verdict |"), "|---|---|---|---|---|---|---|"]
     lines += [f"| {p.a} vs {p.b} | {_n(p.mean_diff)} | [{_n(p.diff_ci_low)}, {_n(p.diff_ci_high)}] | "
               f"{_n(p.hedges_g)} [{_n(p.g_ci_low)}, {_n(p.g_ci_high)}] | {_n(p.p_value)} | "
               f"{_n(p.p_adjusted)} | {p.verdict} |" for p in c.pairs]

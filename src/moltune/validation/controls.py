@@ -28,9 +28,10 @@ spread that is not significant: more seeds needed). The transport flow uses it f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -256,8 +257,8 @@ def to_markdown(rep: ControlReport) -> str:
     head = (f"# Controls on `{rep.metric}` ({'higher' if rep.higher_is_better else 'lower'} is "
             f"better)\n\nSeeds {rep.seeds}; reference `{rep.reference}`; {rep.test}, Holm-adjusted "
             f"across variants, alpha {rep.alpha}. Overall: **{'PASS' if rep.passed else 'FAIL'}**\n\n")
-    rows = ["| variant | expected | mean [95% CI] | diff vs ref [95% CI] | Hedges' g [95% CI] | "
-            "p adj | verdict | why |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("| variant | expected | mean [95% CI] | diff vs ref [95% CI] | Hedges' g [95% CI] | "
+            "p adj | verdict | why |"), "|---|---|---|---|---|---|---|---|"]
     for r in rep.results:
         diff = "" if r.diff is None else f"{_n(r.diff)} [{_n(r.diff_ci_low)}, {_n(r.diff_ci_high)}]"
         g = "" if r.hedges_g is None else f"{_n(r.hedges_g)} [{_n(r.g_ci_low)}, {_n(r.g_ci_high)}]"

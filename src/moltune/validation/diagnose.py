@@ -37,9 +37,10 @@ Rules (in vocabulary order):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -277,21 +278,21 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
         title += (f", while reconstruction RMSD is {ev['val/reconstruction_rmsd_nm_last']:.2g} nm "
                   "(looks perfect, proves only invertibility)")
     causes = [
-        f"the {direction} direction is not (or too weakly) trained: the loss only constrains the "
+        (f"the {direction} direction is not (or too weakly) trained: the loss only constrains the "
         f"{other} direction, so an exactly invertible map can shrink volume one way and blow up "
-        "the other",
+        "the other"),
         "a missing or wrongly signed log-det term lets the map collapse volume",
         "unbounded scale outputs (exp of an unconstrained scale) in the coupling layers",
         "learning rate too high once the map becomes ill-conditioned",
     ]
     steps = [
-        f"train both directions (add or up-weight the {direction} energy/KL term) and check the "
-        "log-det sign",
-        "bound the scales (tanh / soft clamp) and regularise energies (moltune.physics.energy."
-        "regularize_energy)",
+        (f"train both directions (add or up-weight the {direction} energy/KL term) and check the "
+        "log-det sign"),
+        ("bound the scales (tanh / soft clamp) and regularise energies (moltune.physics.energy."
+        "regularize_energy)"),
         "judge checkpoints on energies of transformed samples, not on reconstruction RMSD",
-        "resume from the last good checkpoint with a lower learning rate; keep the "
-        "energy_explosion monitor on action: stop",
+        ("resume from the last good checkpoint with a lower learning rate; keep the "
+        "energy_explosion monitor on action: stop"),
     ]
     return Finding(f"{direction}_explosion", "critical", title, ev, causes, steps, "energies")
 
@@ -312,7 +313,7 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
             continue
         ev: dict[str, Any] = {f"{metric}_best": best, "best_epoch": best_epoch, f"{metric}_last": last,
                               "last_epoch": int(v.index[-1]), "floor": floor}
-        first_below = _first_epoch(v.loc[best_epoch:], lambda x: x < floor)
+        first_below = _first_epoch(v.loc[best_epoch:], lambda x, f=floor: x < f)
         if first_below is not None:
             ev["first_epoch_below_floor"] = first_below
         zero = _first_epoch(v, lambda x: x == 0)
@@ -333,8 +334,8 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
         title = (f"{metric} collapsed from {best:.3g} (epoch {best_epoch}) to {last:.3g} "
                  f"(epoch {int(v.index[-1])}){loss_note}")
         causes = [
-            "the loss does not measure this quality: the model optimises something the metric "
-            "does not reward (e.g. per-atom positions without bonds)",
+            ("the loss does not measure this quality: the model optimises something the metric "
+            "does not reward (e.g. per-atom positions without bonds)"),
             "an adapter / fine-tuning step moved the model off the pretrained manifold",
             "learning rate too high for fine-tuning",
         ]
@@ -502,13 +503,10 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
                           "train/loss_last": train.iloc[-1], "train_drop_after_best": train_drop}
     if positive:
         ev["val_train_ratio_last"] = ratio_last
-    try:
-        ov = detect_overfitting(ctx.m, cfg.overfit_threshold, checkpoints=ctx.run.checkpoints)
-        ev["first_overfit_epoch"] = ov.first_overfit_epoch
-        ev["recommended_epoch"] = ov.recommended_epoch
-        ev["overfit_threshold"] = cfg.overfit_threshold
-    except Exception:  # noqa: BLE001 - evidence is optional here
-        pass
+    ov = detect_overfitting(ctx.m, cfg.overfit_threshold, checkpoints=ctx.run.checkpoints)
+    ev["first_overfit_epoch"] = ov.first_overfit_epoch
+    ev["recommended_epoch"] = ov.recommended_epoch
+    ev["overfit_threshold"] = cfg.overfit_threshold
     severity = "high"
     title = (f"Overfitting: validation loss rose from {best:.4g} (epoch {best_epoch}) to {last:.4g} "
              f"while training loss fell {train.loc[best_epoch]:.4g} -> {train.iloc[-1]:.4g}")
@@ -519,8 +517,8 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
         title += " (not trustworthy: the validation set is too small)"
     causes = ["too little training data for the model's capacity", "too many epochs",
               "too little regularisation (weight decay, dropout, augmentation)"]
-    steps = [f"use the checkpoint of epoch {ev.get('recommended_epoch', best_epoch)} "
-             "(`moltune runs overfitting RUN`)",
+    steps = [(f"use the checkpoint of epoch {ev.get('recommended_epoch', best_epoch)} "
+             "(`moltune runs overfitting RUN`)"),
              "add data or augmentation, regularise, or stop earlier on validation loss"]
     return Finding("overfitting", severity, title, ev, causes, steps, "loss")
 
@@ -639,7 +637,7 @@ def summary(ctx: _Ctx) -> dict[str, Any]:
                 s[f"{split}/{kind} first -> last"] = f"{_num(ser.iloc[0])} -> {_num(ser.iloc[-1])}"
                 if len(fin):
                     s[f"{split}/{kind} best (epoch)"] = f"{_num(fin.min())} ({int(fin.idxmin())})"
-    for direction, (e_key, ref_key, kt_key, _) in DIRECTIONS.items():
+    for (e_key, ref_key, kt_key, _) in DIRECTIONS.values():
         e = ctx.es(e_key)
         if len(e):
             fin = _finite(e)
@@ -754,8 +752,8 @@ def to_markdown(d: Diagnosis) -> str:
         if f.next_steps:
             lines += ["Next steps:", ""] + [f"- {c}" for c in f.next_steps] + [""]
     lines += ["## How these findings were made", "",
-              "Rules in `moltune/validation/diagnose.py` (ids in `moltune/validation/vocabulary.py`)"
-              ", with these thresholds:", ""]
+              ("Rules in `moltune/validation/diagnose.py` (ids in `moltune/validation/vocabulary.py`)"
+              ", with these thresholds:"), ""]
     lines += [f"- `{k}` = {v}" for k, v in asdict(d.config).items()]
     return "\n".join(lines) + "\n"
 

@@ -172,6 +172,8 @@ def read_metrics(path: str | Path, run: str | None = None) -> pd.DataFrame:
         raise InputFileError(
             f"{path}: no metrics.csv, TensorBoard event file or W&B CSV export found"
         )
+    if found.is_dir():
+        return read_tensorboard(found)
     return read_metrics(found, run)
 
 
@@ -295,7 +297,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError:
         # Lightning may write python-object tags in hparams.yaml; read what plain YAML allows.
         with open(path) as fh:
-            data = yaml.load(fh, Loader=_lenient_loader())  # noqa: S506 - plain types only
+            data = yaml.load(fh, Loader=_lenient_loader())
     return data if isinstance(data, dict) else {}
 
 
@@ -306,7 +308,7 @@ def _lenient_loader():
     class Lenient(yaml.SafeLoader):
         pass
 
-    def unknown(loader, suffix, node):  # noqa: ARG001
+    def unknown(loader, suffix, node):
         if isinstance(node, yaml.MappingNode):
             return loader.construct_mapping(node)
         if isinstance(node, yaml.SequenceNode):

@@ -31,9 +31,10 @@ import math
 import os
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -198,9 +199,9 @@ class RunStopped(RuntimeError):
         )
 
 
-_EVENTS: "weakref.WeakKeyDictionary[Any, list[RedFlag]]" = weakref.WeakKeyDictionary()
-_STOPS: "weakref.WeakKeyDictionary[Any, RedFlag]" = weakref.WeakKeyDictionary()
-_STARTED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_EVENTS: weakref.WeakKeyDictionary[Any, list[RedFlag]] = weakref.WeakKeyDictionary()
+_STOPS: weakref.WeakKeyDictionary[Any, RedFlag] = weakref.WeakKeyDictionary()
+_STARTED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def stop_event(trainer) -> RedFlag | None:
@@ -449,8 +450,8 @@ class EnergyExplosionMonitor(RedFlagMonitor):
             excess = (e - ref) / kt
             if excess > self.max_kT:
                 return (
-                    f"{direction} direction: mean energy {e:.4g} kJ/mol is {excess:.3g} kT above the "
-                    f"reference mean {ref:.4g} kJ/mol (bound {self.max_kT:g} kT)",
+                    (f"{direction} direction: mean energy {e:.4g} kJ/mol is {excess:.3g} kT above the "
+                    f"reference mean {ref:.4g} kJ/mol (bound {self.max_kT:g} kT)"),
                     {e_key: e, ref_key: ref, kt_key: kt, "excess_kT": excess},
                 )
         return None
@@ -509,8 +510,8 @@ class AsymmetryMonitor(RedFlagMonitor):
                 wv = self.history[worse][-self.window:]
                 bv = self.history[better][-self.window:]
                 return (
-                    f"over the last {self.window} evaluations {better} improved "
-                    f"({bv[0]:.4g} -> {bv[-1]:.4g}) while {worse} got worse ({wv[0]:.4g} -> {wv[-1]:.4g})",
+                    (f"over the last {self.window} evaluations {better} improved "
+                    f"({bv[0]:.4g} -> {bv[-1]:.4g}) while {worse} got worse ({wv[0]:.4g} -> {wv[-1]:.4g})"),
                     {f"{better}_first": bv[0], f"{better}_last": bv[-1],
                      f"{worse}_first": wv[0], f"{worse}_last": wv[-1]},
                 )
@@ -573,8 +574,8 @@ class LossRatioMonitor(RedFlagMonitor):
             return None
         ratio = val / train
         if ratio > self.max_ratio:
-            return (f"{self.val_metric} {val:.4g} is {ratio:.3g}x the epoch's mean {self.train_metric} "
-                    f"{train:.4g} (bound {self.max_ratio:g}x)",
+            return ((f"{self.val_metric} {val:.4g} is {ratio:.3g}x the epoch's mean {self.train_metric} "
+                    f"{train:.4g} (bound {self.max_ratio:g}x)"),
                     {self.val_metric: val, self.train_metric: train, "ratio": ratio})
         return None
 

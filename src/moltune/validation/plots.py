@@ -8,8 +8,8 @@ orders of magnitude (exploding energies).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,7 +49,7 @@ def _line(ax, s: pd.Series, label: str, **kw) -> None:
     x = np.asarray(s.index, dtype=float)
     y = s.to_numpy(dtype=float)
     finite = np.isfinite(y)
-    (line,) = ax.plot(x[finite], y[finite], marker="o", ms=3, label=label, **kw)
+    ax.plot(x[finite], y[finite], marker="o", ms=3, label=label, **kw)
     if (~finite).any():
         ax.plot(x[~finite], np.zeros((~finite).sum()), "x", color="red", ms=8,
                 transform=ax.get_xaxis_transform(), clip_on=False,
