@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-MODULES = ("sbdd_model", "sbdd_data", "sbdd_train")
+MODULES = ("sbdd_model", "sbdd_data", "sbdd_train", "sbdd_dock")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
