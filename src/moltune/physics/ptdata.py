@@ -177,3 +177,94 @@ def _empty(key: str, temps: np.ndarray) -> np.ndarray:
         "swap_time_ps": np.zeros(0),
         "swap_accepted": np.zeros((0, max(k - 1, 0)), np.int8),
     }[key]
+
+
+# ---------------------------------------------------------------------------------- statistics
+def block_standard_error(x: np.ndarray, n_blocks: int = 20) -> float:
+    """Standard error of the mean of a correlated series by block averaging.
+
+    The series is cut into ``n_blocks`` contiguous blocks (blocks longer than the correlation
+    time are nearly independent); SE = std(block means) / sqrt(n_blocks).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n_blocks = min(n_blocks, len(x))
+    if n_blocks < 2:
+        return float("nan")
+    size = len(x) // n_blocks
+    means = x[: size * n_blocks].reshape(n_blocks, size).mean(axis=1)
+    return float(means.std(ddof=1) / np.sqrt(n_blocks))
+
+
+def naive_swap_acceptance(
+    u_i_kjmol: np.ndarray,
+    u_j_kjmol: np.ndarray,
+    t_i_K: float,
+    t_j_K: float,
+    max_samples: int = 3000,
+) -> float:
+    """Energy-overlap estimate of the plain PT swap acceptance between temperatures i and j.
+
+    Mean of min(1, exp((beta_i - beta_j)(U_a - U_b))) over all pairs of samples a ~ T_i, b ~ T_j
+    (series thinned to ``max_samples`` each).
+    """
+    from moltune.physics.units import beta
+
+    ui, uj = np.asarray(u_i_kjmol, np.float64), np.asarray(u_j_kjmol, np.float64)
+    ui = ui[:: max(1, len(ui) // max_samples)]
+    uj = uj[:: max(1, len(uj) // max_samples)]
+    log_ratio = (beta(t_i_K) - beta(t_j_K)) * (ui[:, None] - uj[None, :])
+    return float(np.exp(np.minimum(log_ratio, 0.0)).mean())
+
+
+def naive_swap_acceptance_error(
+    u_i_kjmol: np.ndarray, u_j_kjmol: np.ndarray, t_i_K: float, t_j_K: float, n_blocks: int = 10
+) -> float:
+    """Block standard error of ``naive_swap_acceptance`` (block b of i paired with block b of j)."""
+    n = min(len(u_i_kjmol), len(u_j_kjmol))
+    n_blocks = min(n_blocks, n)
+    if n_blocks < 2:
+        return float("nan")
+    size = n // n_blocks
+    est = [
+        naive_swap_acceptance(
+            u_i_kjmol[b * size : (b + 1) * size], u_j_kjmol[b * size : (b + 1) * size], t_i_K, t_j_K
+        )
+        for b in range(n_blocks)
+    ]
+    return float(np.std(est, ddof=1) / np.sqrt(n_blocks))
+
+
+def energy_statistics(data: PTData, n_blocks: int = 20) -> dict:
+    """Per-temperature energy mean/std (+ block SE) and per-pair swap acceptances (+ SE), as a dict."""
+    temps = data.temperatures_K
+    per_t = []
+    for t, u in zip(temps, data.energy_kjmol):
+        per_t.append({
+            "temperature_K": float(t),
+            "n_frames": len(u),
+            "mean_kjmol": float(u.mean()) if len(u) else float("nan"),
+            "std_kjmol": float(u.std(ddof=1)) if len(u) > 1 else float("nan"),
+            "mean_se_kjmol": block_standard_error(u, n_blocks),
+        })  # fmt: skip
+    pairs = []
+    for i in range(len(temps) - 1):
+        tried = data.swap_accepted[:, i] if len(data.swap_accepted) else np.zeros(0)
+        tried = tried[tried >= 0].astype(np.float64)
+        u_i, u_j = data.energy_kjmol[i], data.energy_kjmol[i + 1]
+        pairs.append({
+            "pair_K": [float(temps[i]), float(temps[i + 1])],
+            "attempts": int(data.swap_attempts[i]),
+            "accepts": int(data.swap_accepts[i]),
+            "observed_acceptance": float(tried.mean()) if len(tried) else float("nan"),
+            "observed_acceptance_se": block_standard_error(tried, n_blocks),
+            "overlap_acceptance": naive_swap_acceptance(u_i, u_j, temps[i], temps[i + 1])
+            if len(u_i) and len(u_j) else float("nan"),
+            "overlap_acceptance_se": naive_swap_acceptance_error(u_i, u_j, temps[i], temps[i + 1]),
+        })  # fmt: skip
+    out = {"temperatures": per_t, "pairs": pairs, "n_frames": data.n_frames}
+    if len(temps) > 2:
+        u_lo, u_hi = data.energy_kjmol[0], data.energy_kjmol[-1]
+        out["overlap_acceptance_lowest_highest"] = (
+            naive_swap_acceptance(u_lo, u_hi, temps[0], temps[-1]) if len(u_lo) else float("nan")
+        )
+    return out
