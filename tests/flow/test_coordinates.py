@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from moltune.flow.coordinates import (
-    AFFINE, CIRCULAR, NONE, CartesianCoordinates, InternalCoordinates, bond_angle, dihedral, place,
+    AFFINE,
+    CIRCULAR,
+    NONE,
+    CartesianCoordinates,
+    InternalCoordinates,
+    bond_angle,
+    dihedral,
+    place,
 )  # fmt: skip
 from moltune.flow.models import PerCoordinateFlow, TransportFlow
 
@@ -76,7 +83,9 @@ def test_cartesian_logdet_matches_autograd(cls, aa_peptide, aa_samples, perturb,
     xr, ld_inv = flow.inverse(y, 300.0, 450.0)
     torch.testing.assert_close(xr, x)
     torch.testing.assert_close(ld_inv, -ld)
-    torch.testing.assert_close(ld_inv, jacobian_logdet(lambda v: flow.inverse(v, 300.0, 450.0)[0], y))
+    torch.testing.assert_close(
+        ld_inv, jacobian_logdet(lambda v: flow.inverse(v, 300.0, 450.0)[0], y)
+    )
 
 
 def test_frame_is_carried_through(aa_peptide, aa_samples, perturb):

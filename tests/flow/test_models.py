@@ -12,7 +12,9 @@ from moltune.flow.models import IdentityFlow, PerCoordinateFlow, count_parameter
 def test_identity_flow(aa_samples):
     flow = IdentityFlow()
     y, ld = flow(aa_samples, 300.0, 450.0)
-    assert torch.equal(y, aa_samples) and torch.equal(ld, torch.zeros(len(aa_samples), dtype=ld.dtype))
+    assert torch.equal(y, aa_samples) and torch.equal(
+        ld, torch.zeros(len(aa_samples), dtype=ld.dtype)
+    )
     x, ld = flow.inverse(aa_samples, 300.0, 450.0)
     assert torch.equal(x, aa_samples)
 

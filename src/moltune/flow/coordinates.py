@@ -137,7 +137,7 @@ def build_zmatrix(topology) -> ZMatrix:
         if p == 1:
             ref[p, 0] = placed[j]
             continue
-        earlier = lambda a: [b for b in sorted(nbrs[a], key=placed.get) if placed[b] < p]  # noqa: E731
+        earlier = lambda a: [b for b in sorted(nbrs[a], key=placed.get) if placed[b] < p]
         k = parent[j] if parent[j] >= 0 else next(b for b in earlier(j) if b != i)
         if p == 2:
             ref[p, :2] = placed[j], placed[k]
@@ -347,9 +347,7 @@ class InternalCoordinates(Representation):
         raw[:, 1:, 0] = r
         theta = bond_angle(xo[:, 2:], xo[:, ref[2:, 0]], xo[:, ref[2:, 1]])
         raw[:, 2:, 1] = theta
-        raw[:, 3:, 2] = dihedral(
-            xo[:, 3:], xo[:, ref[3:, 0]], xo[:, ref[3:, 1]], xo[:, ref[3:, 2]]
-        )
+        raw[:, 3:, 2] = dihedral(xo[:, 3:], xo[:, ref[3:, 0]], xo[:, ref[3:, 1]], xo[:, ref[3:, 2]])
         # frame: position of atom 0, direction 0->1, in-plane unit vector of atom 2
         j2, k2 = int(ref[2, 0]), int(ref[2, 1])
         axis = _unit(xo[:, k2] - xo[:, j2])
@@ -416,5 +414,7 @@ REPRESENTATIONS = {"internal": InternalCoordinates, "cartesian": CartesianCoordi
 def make_representation(name: str, topology) -> Representation:
     """``internal`` or ``cartesian`` representation for ``topology``."""
     if name not in REPRESENTATIONS:
-        raise InvalidInputError(f"unknown representation {name!r}; choose one of {list(REPRESENTATIONS)}")
+        raise InvalidInputError(
+            f"unknown representation {name!r}; choose one of {list(REPRESENTATIONS)}"
+        )
     return REPRESENTATIONS[name](topology)

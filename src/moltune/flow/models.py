@@ -118,12 +118,32 @@ class PerCoordinateFlow(nn.Module):
         return self._transform(z, cond, rep, inverse=True)
 
 
+class SequentialCore(nn.Module):
+    """Cores applied one after another (inverse in reverse order); log-determinants add."""
+
+    def __init__(self, cores: list[nn.Module]):
+        super().__init__()
+        self.cores = nn.ModuleList(cores)
+
+    def forward(self, z, cond, rep):
+        ld = z.new_zeros(z.shape[0])
+        for core in self.cores:
+            z, l = core(z, cond, rep)
+            ld = ld + l
+        return z, ld
+
+    def inverse(self, z, cond, rep, **kw):
+        ld = z.new_zeros(z.shape[0])
+        for core in reversed(self.cores):
+            z, l = core.inverse(z, cond, rep, **(kw if hasattr(core, "blocks") else {}))
+            ld = ld + l
+        return z, ld
+
+
 FLOWS = ("identity", "baseline_ic", "tarflow")
 
 
-def make_flow(
-    name: str, topology, representation: str = "internal", **kwargs: Any
-) -> nn.Module:
+def make_flow(name: str, topology, representation: str = "internal", **kwargs: Any) -> nn.Module:
     """Build a named flow for ``topology`` (call ``flow.representation.fit(xyz)`` before training)."""
     from moltune.common.errors import InvalidInputError
 
@@ -135,11 +155,13 @@ def make_flow(
     if name == "tarflow":
         from moltune.flow.tarflow import TarFlow
 
-        return TransportFlow(rep, TarFlow(**kwargs))
+        per_coordinate = kwargs.pop("per_coordinate", False)
+        core: nn.Module = TarFlow(**kwargs)
+        if per_coordinate:
+            core = SequentialCore([PerCoordinateFlow(rep.n_tokens), core])
+        return TransportFlow(rep, core)
     raise InvalidInputError(f"unknown flow {name!r}; choose one of {FLOWS}")
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-

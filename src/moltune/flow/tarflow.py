@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moltune.flow.coordinates import AFFINE, ATOM_NAMES, CIRCULAR, ELEMENTS, RESIDUES
-from moltune.flow.transforms import apply_slots
+from moltune.flow.transforms import apply_slots, apply_token_slots
 
 N_FEATURES = 9  # 3 slots x (affine value, cos, sin)
 N_PARAMS = 9  # 3 slots x 3 transform parameters
@@ -104,6 +104,7 @@ class AutoregressiveBlock(nn.Module):
         reverse: bool,
         scale_bound: float,
         atom_embeddings: bool = True,
+        mlp_ratio: int = 4,
     ):
         super().__init__()
         self.reverse = reverse
@@ -115,8 +116,12 @@ class AutoregressiveBlock(nn.Module):
         self.residue = nn.Embedding(len(RESIDUES) + 1, d_model)
         self.atom_name = nn.Embedding(len(ATOM_NAMES) + 1, d_model)
         self.residue_number = nn.Embedding(MAX_RESIDUES, d_model)
-        self.condition = nn.Sequential(nn.Linear(3, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
-        self.layers = nn.ModuleList(TransformerLayer(d_model, n_heads) for _ in range(n_layers))
+        self.condition = nn.Sequential(
+            nn.Linear(3, d_model), nn.SiLU(), nn.Linear(d_model, d_model)
+        )
+        self.layers = nn.ModuleList(
+            TransformerLayer(d_model, n_heads, mlp_ratio) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, N_PARAMS)
         nn.init.zeros_(self.out.weight)  # the block starts as the identity map
@@ -137,7 +142,9 @@ class AutoregressiveBlock(nn.Module):
         tok = rep.tokens[perm]
         ctx = self.position(torch.arange(len(perm), device=perm.device))
         if self.atom_embeddings:
-            ctx = ctx + self.element(tok[:, 0]) + self.residue(tok[:, 1]) + self.atom_name(tok[:, 2])
+            ctx = (
+                ctx + self.element(tok[:, 0]) + self.residue(tok[:, 1]) + self.atom_name(tok[:, 2])
+            )
             ctx = ctx + self.residue_number(tok[:, 3].clamp_max(MAX_RESIDUES - 1))
         return ctx[None].to(cond.dtype) + self.condition(cond)[:, None]
 
@@ -164,6 +171,7 @@ class AutoregressiveBlock(nn.Module):
         kind, sym = rep.slot_kind[perm], rep.symmetry[perm]
         yp = y[:, perm]
         ctx = self._context(rep, perm, cond)
+        kinds, syms = kind.tolist(), sym.tolist()
         caches = [dict() for _ in self.layers]
         prev = ctx.new_zeros(yp.shape[0], N_FEATURES)
         inputs, xs, lds = [], [], []
@@ -178,15 +186,15 @@ class AutoregressiveBlock(nn.Module):
                 for layer in self.layers:
                     h = layer(h)
                 h = h[:, -1:]
-            x_p, ld_p = apply_slots(
-                yp[:, p : p + 1], self._params(h, y.dtype), kind[p : p + 1], sym[p : p + 1],
+            x_p, ld_p = apply_token_slots(
+                yp[:, p], self._params(h[:, 0], y.dtype), kinds[p], syms[p],
                 self.scale_bound, inverse=True,
             )  # fmt: skip
             xs.append(x_p)
             lds.append(ld_p)
-            prev = token_features(x_p, kind[p : p + 1])[:, 0].to(ctx.dtype)
-        x = torch.cat(xs, dim=1)
-        return x[:, inv], torch.cat(lds, dim=1).sum(-1)
+            prev = token_features(x_p[:, None], kind[p : p + 1])[:, 0].to(ctx.dtype)
+        x = torch.stack(xs, dim=1)
+        return x[:, inv], torch.stack(lds, dim=1).sum(-1)
 
 
 class TarFlow(nn.Module):
@@ -201,12 +209,19 @@ class TarFlow(nn.Module):
         max_tokens: int = 256,
         scale_bound: float = 1.0,
         atom_embeddings: bool = True,
+        mlp_ratio: int = 4,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
             AutoregressiveBlock(
-                d_model, n_layers, n_heads, max_tokens, reverse=bool(b % 2),
-                scale_bound=scale_bound, atom_embeddings=atom_embeddings,
+                d_model,
+                n_layers,
+                n_heads,
+                max_tokens,
+                reverse=bool(b % 2),
+                scale_bound=scale_bound,
+                atom_embeddings=atom_embeddings,
+                mlp_ratio=mlp_ratio,
             )  # fmt: skip
             for b in range(n_blocks)
         )

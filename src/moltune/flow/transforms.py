@@ -68,7 +68,6 @@ def moebius(
     return wrap(out), ld
 
 
-
 def apply_slots(
     z: torch.Tensor,
     params: torch.Tensor,
@@ -92,3 +91,32 @@ def apply_slots(
     out = torch.where(is_aff, za, torch.where(is_circ, zc, z))
     ld = torch.where(is_aff, lda, torch.where(is_circ, ldc, torch.zeros_like(lda)))
     return out, ld.sum(-1)
+
+
+def apply_token_slots(
+    z: torch.Tensor,
+    params: torch.Tensor,
+    kinds: tuple[int, ...],
+    symmetries: tuple[int, ...],
+    scale_bound: float,
+    inverse: bool = False,
+):
+    """:func:`apply_slots` for one token position with kinds known in advance (Python ints).
+
+    ``z`` [B, 3], ``params`` [B, 3, 3]; only the maps the slots need are evaluated, which keeps
+    the sequential (one position at a time) direction cheap. Returns ``(z' [B, 3], ld [B])``.
+    """
+    from moltune.flow.coordinates import AFFINE, CIRCULAR
+
+    cols, ld = [], z.new_zeros(z.shape[0])
+    for s, (kind, k) in enumerate(zip(kinds, symmetries)):
+        zs, p = z[:, s], params[:, s]
+        if kind == AFFINE:
+            zs, l = affine(zs, p[:, 0], bounded_log_scale(p[:, 1], scale_bound), inverse)
+            ld = ld + l
+        elif kind == CIRCULAR:
+            w_re, w_im = moebius_w(p[:, 0], p[:, 1])
+            zs, l = moebius(zs, w_re, w_im, p[:, 2], k, inverse)
+            ld = ld + l
+        cols.append(zs)
+    return torch.stack(cols, dim=-1), ld
