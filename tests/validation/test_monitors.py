@@ -101,12 +101,30 @@ def test_nonfinite_gradient_caught_before_the_step(tmp_path):
     assert st["step"] == 5 and st["values"]["grad_norm"] == math.inf
 
 
+def test_isolated_nonfinite_training_batch_is_tolerated_with_train_patience(tmp_path):
+    """Trainers may skip one bad batch; three in a row stop the run at the third."""
+    mon = NonFiniteMonitor(action="stop", train_patience=3, run_dir=tmp_path / "run")
+    run = _replay(tmp_path, mon, {"val/loss": [1.0] * 8},
+                  grad_scale={3: math.inf, 6: math.nan, 7: math.nan, 8: math.inf, 9: 1.0})
+    st = json.loads((run / "stopped.json").read_text())
+    assert st["step"] == 8 and st["values"]["consecutive_bad_batches"] == 3
+
+
 def test_grad_norm_warns_at_the_step(tmp_path):
     mon = GradNormMonitor(max_norm=1e4, run_dir=tmp_path / "run")
     run = _replay(tmp_path, mon, {"val/loss": [1.0] * 5}, grad_scale={7: 5e4, 8: 2e3})
     ev = _events(run)
     assert [e["step"] for e in ev] == [7] and ev[0]["values"]["grad_norm"] == pytest.approx(5e4)
     assert not (run / "stopped.json").exists() and exit_code_for(run) == 0
+
+
+def test_grad_norm_prefers_the_logged_unclipped_norm(tmp_path):
+    """Trainers that clip inside training_step log the unclipped norm; the monitor reads it."""
+    mon = GradNormMonitor(max_norm=100.0, run_dir=tmp_path / "run")
+    train = {"train/grad_norm": [1.0, 3.0, 250.0, 2.0]}
+    run = _replay(tmp_path, mon, {"val/loss": [1.0] * 4}, train, grad_scale={1: 1e6})
+    ev = _events(run)  # the computed 1e6 at step 1 is ignored once the metric is logged
+    assert [e["epoch"] for e in ev] == [2] and ev[0]["values"]["grad_norm"] == 250.0
 
 
 def test_energy_explosion_with_patience(tmp_path):

@@ -56,6 +56,12 @@ class ReplayModule(L.LightningModule):
         for key, values in self.val_history.items():
             self.log(key, float(values[min(e, len(values) - 1)]))
 
+    def on_before_optimizer_step(self, optimizer):
+        # callbacks have seen the gradient; keep w finite (lr = 0 times inf would be NaN)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 

@@ -25,7 +25,8 @@ Rules (in vocabulary order):
   ``volatility_min_jumps`` times.
 - ``overfitting``: validation loss rose more than ``overfit_rise`` (relative) above its best while
   training loss kept falling, or val/train ratio above ``overfit_ratio`` at the end. Downgraded
-  to low when ``small_validation`` holds (the validation signal is then not trustworthy).
+  to low when ``small_validation`` holds (the validation signal is then not trustworthy) or a
+  direction explodes (the rise is its symptom).
 - ``direction_asymmetry``: over the run one direction's validation loss fell while the other's
   rose (Kendall tau and relative change, as the asymmetry monitor).
 - ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max``.
@@ -515,6 +516,9 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
     if "small_validation" in ctx.found:
         severity = "low"
         title += " (not trustworthy: the validation set is too small)"
+    elif {"inverse_explosion", "forward_explosion"} & set(ctx.found):
+        severity = "low"
+        title += " (likely a symptom of the exploding direction, not of overfitting)"
     causes = ["too little training data for the model's capacity", "too many epochs",
               "too little regularisation (weight decay, dropout, augmentation)"]
     steps = [(f"use the checkpoint of epoch {ev.get('recommended_epoch', best_epoch)} "

@@ -68,6 +68,7 @@ class NonFiniteConfig:
     ])
     check_gradients: bool = True
     max_nonfinite_fraction: float = 0.5  # of val/nonfinite_fraction
+    train_patience: int = 3  # consecutive non-finite training batches (trainers may skip one)
 
 
 @dataclass
@@ -349,7 +350,9 @@ class RedFlagMonitor(Callback):
         if self._count < self.patience or (self._active and self.action == "warn"):
             return
         self._active = True
-        message, values = result
+        self._fire(trainer, *result)
+
+    def _fire(self, trainer, message: str, values: dict[str, float]) -> None:
         event = RedFlag(self.name, self.action, message, values, int(trainer.global_step),
                         int(trainer.current_epoch))
         self.fired.append(event)
@@ -392,41 +395,80 @@ def grad_norm(pl_module) -> float:
 
 
 class NonFiniteMonitor(RedFlagMonitor):
-    """NaN / inf in a logged loss or energy, in the step's loss, or in any gradient."""
+    """NaN / inf in a logged loss or energy, in the step's loss, or in any gradient.
+
+    Validation values fire at once (after ``patience`` evaluations). Training batches fire after
+    ``train_patience`` consecutive bad batches, so a trainer that skips an isolated non-finite
+    step (and counts it in ``train/skipped_steps``) is not stopped for it; a non-finite gradient
+    is caught in ``on_before_optimizer_step``, before the optimizer applies it.
+    """
 
     name = "nonfinite"
-    hooks = ("train_batch_end", "before_optimizer_step", "validation_end")
+    hooks = ("validation_end",)
 
     def __init__(self, metrics: Iterable[str] = NonFiniteConfig().metrics, check_gradients: bool = True,
-                 max_nonfinite_fraction: float = 0.5, **kw):
+                 max_nonfinite_fraction: float = 0.5, train_patience: int = 1, **kw):
         super().__init__(**kw)
         self.metrics = list(metrics)
         self.check_gradients = check_gradients
         self.max_nonfinite_fraction = max_nonfinite_fraction
+        self.train_patience = max(1, int(train_patience))
+        self._bad_batches = 0  # consecutive training batches with a non-finite value
+        self._batch_bad: dict[str, float] = {}
+        self._batch_fired = False
+
+    def _train_values(self, trainer) -> dict[str, float]:
+        bad = {}
+        for name in self.metrics:
+            if name.startswith("train/"):
+                v = logged(trainer, name)
+                if v is not None and not math.isfinite(v):
+                    bad[name] = v
+        return bad
+
+    def _train_fire(self, trainer) -> None:
+        if self._batch_fired or (self.action == "stop" and self.fired) or trainer.sanity_checking:
+            return
+        if trainer.current_epoch < self.start_epoch:
+            return
+        if self._bad_batches + 1 >= self.train_patience:
+            self._batch_fired = True
+            n = self._bad_batches + 1
+            values = dict(self._batch_bad) | {"consecutive_bad_batches": float(n)}
+            self._fire(trainer, f"non-finite training values for {n} consecutive batch(es): "
+                       + ", ".join(f"{k}={_fmt(v)}" for k, v in self._batch_bad.items()), values)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_bad, self._batch_fired = {}, False
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.check_gradients:
+            return
+        g = grad_norm(pl_module)
+        if not math.isfinite(g):
+            self._batch_bad["grad_norm"] = g
+            self._train_fire(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batch_bad |= self._train_values(trainer)
+        loss = _as_float(outputs.get("loss") if isinstance(outputs, dict) else outputs)
+        if loss is not None and not math.isfinite(loss):
+            self._batch_bad["loss"] = loss
+        if self._batch_bad:
+            self._train_fire(trainer)
+            self._bad_batches += 1
+        else:
+            self._bad_batches = 0
 
     def check(self, trainer, pl_module, hook):
         bad: dict[str, float] = {}
-        if hook == "before_optimizer_step":
-            if self.check_gradients:
-                g = grad_norm(pl_module)
-                if not math.isfinite(g):
-                    bad["grad_norm"] = g
-        else:
-            prefix = "train/" if hook == "train_batch_end" else "val/"
-            for name in self.metrics:
-                if hook == "validation_end" or name.startswith(prefix):
-                    v = logged(trainer, name)
-                    if v is not None and not math.isfinite(v):
-                        bad[name] = v
-            if hook == "train_batch_end":
-                out = getattr(self, "_outputs", None)
-                loss = _as_float(out.get("loss") if isinstance(out, dict) else out)
-                if loss is not None and not math.isfinite(loss):
-                    bad["loss"] = loss
-            if hook == "validation_end":
-                frac = logged(trainer, "val/nonfinite_fraction")
-                if frac is not None and frac > self.max_nonfinite_fraction:
-                    bad["val/nonfinite_fraction"] = frac
+        for name in self.metrics:
+            v = logged(trainer, name)
+            if v is not None and not math.isfinite(v) and not name.startswith("train/"):
+                bad[name] = v
+        frac = logged(trainer, "val/nonfinite_fraction")
+        if frac is not None and frac > self.max_nonfinite_fraction:
+            bad["val/nonfinite_fraction"] = frac
         if not bad:
             return None
         return f"non-finite or invalid values: {', '.join(f'{k}={_fmt(v)}' for k, v in bad.items())}", bad
@@ -519,20 +561,39 @@ class AsymmetryMonitor(RedFlagMonitor):
 
 
 class GradNormMonitor(RedFlagMonitor):
-    """Gradient L2 norm above ``max_norm`` (checked before every optimizer step)."""
+    """Gradient L2 norm above ``max_norm``.
+
+    Reads the trainer's logged ``train/grad_norm`` (the norm before clipping, as the contract
+    asks) when it is logged; otherwise computes the norm over all parameters in
+    ``on_before_optimizer_step`` (before Lightning's own clipping).
+    """
 
     name = "grad_norm"
-    hooks = ("before_optimizer_step",)
+    hooks = ("before_optimizer_step", "train_batch_end")
 
-    def __init__(self, max_norm: float = 1.0e4, **kw):
+    def __init__(self, max_norm: float = 1.0e4, metric: str = "train/grad_norm", **kw):
         super().__init__(**kw)
         self.max_norm = float(max_norm)
+        self.metric = metric
+        self._use_metric = False
 
     def check(self, trainer, pl_module, hook):
-        g = grad_norm(pl_module)
+        if hook == "train_batch_end":
+            g = logged(trainer, self.metric)
+            if g is None:
+                return None
+        else:
+            g = grad_norm(pl_module)
         if math.isfinite(g) and g > self.max_norm:
             return f"gradient L2 norm {g:.4g} above bound {self.max_norm:g}", {"grad_norm": g}
         return None
+
+    def _evaluate(self, trainer, pl_module, hook):
+        if hook == "train_batch_end" and logged(trainer, self.metric) is not None:
+            self._use_metric = True
+        if (hook == "train_batch_end") != self._use_metric:
+            return
+        super()._evaluate(trainer, pl_module, hook)
 
 
 class LossRatioMonitor(RedFlagMonitor):
@@ -680,7 +741,8 @@ def default_monitors(config: MonitorConfig | dict | None = None,
 
     c = cfg.nonfinite
     if c.enabled:
-        out.append(NonFiniteMonitor(c.metrics, c.check_gradients, c.max_nonfinite_fraction, **common(c)))
+        out.append(NonFiniteMonitor(c.metrics, c.check_gradients, c.max_nonfinite_fraction,
+                                    c.train_patience, **common(c)))
     c = cfg.energy_explosion
     if c.enabled:
         out.append(EnergyExplosionMonitor(c.max_kT, c.directions, **common(c)))
