@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -14,6 +15,7 @@ import validation_toys as vt
 
 from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
 
+torch.set_num_threads(1)
 logging.getLogger("lightning").setLevel(logging.ERROR)
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 

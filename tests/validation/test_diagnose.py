@@ -161,3 +161,23 @@ def test_finding_without_evidence_is_refused():
     with pytest.raises(ValueError):
         Finding("made_up", "high", "x", {"a": 1})
     assert math.isfinite(DiagnoseConfig().explosion_kT)
+
+
+def test_flow_acceptance_collapse_and_logged_val_size(tmp_path):
+    """Acceptance (floor 0) is judged by the drop rule; `val/n_samples` gives the validation size."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import validation_toys as vt
+
+    val = {"val/loss": [5.0, 4.0, 3.5, 3.2, 3.0, 2.9], "val/n_samples": [512] * 6,
+           "val/acceptance_flow": [0.05, 0.20, 0.31, 0.28, 0.10, 0.02]}
+    train = {"train/loss": [5.5, 4.2, 3.6, 3.3, 3.1, 2.95]}
+    vt.fit(vt.ReplayModule(val, train), tmp_path, 6)
+    d = run_diagnosis(tmp_path)
+    assert d.ids[0] == "quality_collapse" and d.findings[0].severity == "high"
+    ev = d.findings[0].evidence
+    assert ev["val/acceptance_flow_best"] == pytest.approx(0.31) and ev["best_epoch"] == 2
+    assert "small_validation" not in d.ids
+    assert d.summary["val/acceptance_flow first -> last"] == "0.05 -> 0.02"

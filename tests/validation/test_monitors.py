@@ -139,6 +139,25 @@ def test_energy_explosion_with_patience(tmp_path):
     assert st["values"]["excess_kT"] == pytest.approx((5e4 + 85) / 2.494)
 
 
+def test_resumed_run_moves_previous_flags_aside(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stopped.json").write_text('{"monitor": "old"}')
+    (run / "redflags.json").write_text("[]")
+    vt.fit(vt.ReplayModule({"val/loss": [1.0, 0.9]}), run, 2, default_monitors(None, run))
+    assert exit_code_for(run) == 0 and not (run / "redflags.json").exists()
+    assert json.loads((run / "stopped.previous.json").read_text())["monitor"] == "old"
+
+
+def test_energy_explosion_uses_configured_kT_when_none_logged(tmp_path):
+    val = {"val/energy_inverse_kjmol": [10.0, 100.0, 3e4], "val/energy_source_ref_kjmol": [0.0] * 3}
+    mon = EnergyExplosionMonitor(max_kT=1e4, default_kT_kjmol=2.494, action="stop",
+                                 run_dir=tmp_path / "run")
+    run = _replay(tmp_path, mon, val)
+    st = json.loads((run / "stopped.json").read_text())
+    assert st["epoch"] == 2 and st["values"]["val/kT_source_kjmol"] == 2.494
+
+
 def test_asymmetry_warns_when_inverse_turns_worse(tmp_path):
     fwd = [10.0 * 0.8**i for i in range(10)]
     inv = [10.0 * 0.8**i for i in range(5)] + [3.3, 3.6, 4.5, 6.0, 9.0]  # rises from epoch 5

@@ -10,8 +10,9 @@ Rules (in vocabulary order):
   direction more than ``explosion_kT`` kT above the reference mean, or non-finite, at any
   evaluation (evaluation ``metrics.json`` energies count too). Reconstruction RMSD below
   ``perfect_reconstruction_nm`` is reported as "looks perfect" - it proves invertibility only.
-- ``quality_collapse``: a quality metric (``quality_floors``) ends below its floor after having
-  been above it, or loses more than ``quality_drop`` of its best value.
+- ``quality_collapse``: a quality metric (``quality_floors``; higher is better) ends below its
+  floor after having been above it, or loses more than ``quality_drop`` of a best value of at
+  least ``quality_min_best`` (flow acceptance has floor 0: only the drop rule applies).
 - ``not_learning``: training loss improves by less than ``min_rel_improvement`` (relative, mean of
   the first vs the last tenth of the per-epoch values; per-step values when there are fewer than
   ``min_train_points`` epochs).
@@ -73,8 +74,9 @@ class DiagnoseConfig:
     min_rel_improvement: float = 0.02
     min_train_points: int = 5
     quality_floors: dict[str, float] = field(default_factory=lambda: {
-        "val/connectivity": 0.5, "val/validity": 0.5})
+        "val/connectivity": 0.5, "val/validity": 0.5, "val/acceptance_flow": 0.0})
     quality_drop: float = 0.5
+    quality_min_best: float = 0.05  # the drop rule needs a best value at least this high
     min_val_samples: int = 10
     n_val_keys: tuple[str, ...] = ("n_val", "n_val_samples", "val_size", "num_val", "n_validation",
                                    "num_val_samples", "val_samples", "n_val_complexes")
@@ -309,7 +311,7 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
         best_epoch = int(v.idxmax())
         best, last = float(v.max()), float(v.iloc[-1])
         below = last < floor and best >= floor
-        dropped = best > 0 and last < best * (1 - cfg.quality_drop)
+        dropped = best >= cfg.quality_min_best and last < best * (1 - cfg.quality_drop)
         if not (below or dropped):
             continue
         ev: dict[str, Any] = {f"{metric}_best": best, "best_epoch": best_epoch, f"{metric}_last": last,

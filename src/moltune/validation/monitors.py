@@ -80,6 +80,7 @@ class EnergyExplosionConfig:
     patience: int = 1
     start_epoch: int = 0
     max_kT: float = 1.0e4
+    default_kT_kjmol: float | None = None  # used when the trainer logs no kT metric
     # direction -> (energy of transformed samples, reference mean, kT), all kJ/mol
     directions: dict[str, list[str]] = field(default_factory=lambda: {
         "forward": ["val/energy_forward_kjmol", "val/energy_target_ref_kjmol", "val/kT_target_kjmol"],
@@ -364,8 +365,12 @@ class RedFlagMonitor(Callback):
             return
         _STARTED.add(trainer)
         run_dir = self._dir(trainer)
-        if run_dir is not None and (run_dir / STOPPED_FILE).is_file() and trainer.is_global_zero:
-            os.replace(run_dir / STOPPED_FILE, run_dir / "stopped.previous.json")
+        if run_dir is None or not trainer.is_global_zero:
+            return
+        # a resumed run starts clean; the previous attempt's flags are kept beside
+        for name in (STOPPED_FILE, STOPPED_REPORT, REDFLAGS_FILE):
+            if (run_dir / name).is_file():
+                os.replace(run_dir / name, run_dir / name.replace(".", ".previous.", 1))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._outputs = outputs
@@ -479,14 +484,17 @@ class EnergyExplosionMonitor(RedFlagMonitor):
 
     name = "energy_explosion"
 
-    def __init__(self, max_kT: float = 1.0e4, directions: dict[str, list[str]] | None = None, **kw):
+    def __init__(self, max_kT: float = 1.0e4, directions: dict[str, list[str]] | None = None,
+                 default_kT_kjmol: float | None = None, **kw):
         super().__init__(**kw)
         self.max_kT = float(max_kT)
         self.directions = directions or EnergyExplosionConfig().directions
+        self.default_kT_kjmol = default_kT_kjmol
 
     def check(self, trainer, pl_module, hook):
         for direction, (e_key, ref_key, kt_key) in self.directions.items():
             e, ref, kt = logged(trainer, e_key), logged(trainer, ref_key), logged(trainer, kt_key)
+            kt = self.default_kT_kjmol if kt is None else kt
             if e is None or ref is None or kt is None or not kt > 0 or math.isnan(e):
                 continue
             excess = (e - ref) / kt
@@ -745,7 +753,7 @@ def default_monitors(config: MonitorConfig | dict | None = None,
                                     c.train_patience, **common(c)))
     c = cfg.energy_explosion
     if c.enabled:
-        out.append(EnergyExplosionMonitor(c.max_kT, c.directions, **common(c)))
+        out.append(EnergyExplosionMonitor(c.max_kT, c.directions, c.default_kT_kjmol, **common(c)))
     c = cfg.asymmetry
     if c.enabled:
         out.append(AsymmetryMonitor(c.pairs, c.window, c.min_trend, c.min_rel_change, **common(c)))
