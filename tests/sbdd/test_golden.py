@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,8 +149,8 @@ def test_loss_terms(golden, models, dtype):
                **{f"raw.{k}": out.raw[k] for k in ref["raw"]}}
         want = {"nll": ref["nll"], "loss_t": ref["loss_t"], "loss_0": ref["loss_0"],
                 **{f"raw.{k}": v for k, v in ref["raw"].items()}}
-        for key in want:
-            g, w = got[key], want[key]
+        for key, w in want.items():
+            g = got[key]
             if key == "raw.log_pN":  # the reference evaluates p(N) in float32 in both runs
                 close(g, w, 1e-6, f"{case['name']} {key}")
             elif train:
@@ -293,27 +291,22 @@ def test_generate_api_and_size_histogram(golden, models):
 
 
 @pytest.mark.skipif(not COMPLEX.is_dir(), reason="complexes not available")
-def test_generate_cli_writes_sdf(tmp_path):
+def test_generate_cli_writes_sdf(tmp_path, capsys):
     from rdkit import Chem
 
+    from moltune.cli.main import main
+
     out = tmp_path / "gen.sdf"
-    cmd = [sys.executable, "-m", "moltune.cli.main", "sbdd", "generate", str(CKPT),
-           "--pdb", str(COMPLEX / "protein.pdb"), "--ref-ligand", str(COMPLEX / "ligand.sdf"),
-           "--n-samples", "2", "--num-atoms", "9", "--timesteps", "3", "--seed", "1",
-           "--out", str(out), "--no-progress"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**_env(), "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    argv = ["sbdd", "generate", str(CKPT), "--pdb", str(COMPLEX / "protein.pdb"),
+            "--ref-ligand", str(COMPLEX / "ligand.sdf"), "--n-samples", "2", "--num-atoms", "9",
+            "--timesteps", "3", "--seed", "1", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_samples"] == 2 and summary["pocket_atoms"] == 286
+    assert summary["num_atoms"] == [9, 9] and summary["written"] == 2
     mols = [m for m in Chem.SDMolSupplier(str(out), sanitize=False, removeHs=False)]
     assert len(mols) == 2 and all(m.GetNumAtoms() == 9 for m in mols)
     # Bad input: a missing PDB is a one-line error with exit code 2.
-    bad = subprocess.run(cmd[:7] + [str(tmp_path / "missing.pdb")] + cmd[8:],
-                         capture_output=True, text=True, env=_env())
-    assert bad.returncode == 2 and "missing.pdb" in bad.stderr
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
+    bad = argv[:4] + [str(tmp_path / "missing.pdb")] + argv[5:]
+    assert main(bad) == 2
+    assert "missing.pdb" in capsys.readouterr().err

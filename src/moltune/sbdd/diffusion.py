@@ -13,8 +13,8 @@ tests can replay recorded noise; by default it is ``torch.randn`` (optionally wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import torch

@@ -9,8 +9,9 @@ Each block's last coordinate layer (bias-free Linear hidden -> 1) is ONE module 
 both names and ``parameters()`` yields it once, so fine-tuning keeps the two equal.
 
 For speed the first Linear of every edge MLP is split into per-node projections that are then
-gathered per edge (W [h_i, h_j, e] = W_i h_i + W_j h_j + W_e e); this is the same function up to
-float rounding, checked against the reference outputs in tests/sbdd/test_golden.py.
+gathered per edge (W [h_i, h_j, e] = W_i h_i + W_j h_j + W_e e; the coordinate and cross-product
+MLPs share one gather), and activations run in place when no gradient is needed; this is the same
+function up to float rounding, checked against the reference outputs in tests/sbdd/test_golden.py.
 """
 
 from __future__ import annotations
@@ -46,14 +47,26 @@ class DynamicsConfig:
     coords_range: float = 15.0
 
 
-def _edge_linear(lin: nn.Linear, h: Tensor, row: Tensor, col: Tensor, e: Tensor) -> Tensor:
-    """``lin(cat([h[row], h[col], e]))`` computed via per-node projections (same function)."""
+def _edge_silu_linear(lins: list[nn.Linear], h: Tensor, row: Tensor, col: Tensor,
+                      e: Tensor) -> Tensor:
+    """``silu(lin(cat([h[row], h[col], e])))`` for several Linears at once, concatenated.
+
+    Computed via per-node projections gathered per edge (the same function up to rounding);
+    in place when no gradient is needed, to save memory traffic.
+    """
     nf = h.shape[1]
-    w = lin.weight
-    out = (h @ w[:, :nf].T)[row] + (h @ w[:, nf:2 * nf].T)[col] + e @ w[:, 2 * nf:].T
-    if lin.bias is not None:
-        out = out + lin.bias
-    return out
+    w = torch.cat([lin.weight for lin in lins]) if len(lins) > 1 else lins[0].weight
+    b = torch.cat([lin.bias for lin in lins]) if len(lins) > 1 else lins[0].bias
+    node = h @ torch.cat([w[:, :nf], w[:, nf:2 * nf]]).T
+    k = w.shape[0]
+    if torch.is_grad_enabled():
+        out = node[row, :k] + node[col, k:] + torch.addmm(b, e, w[:, 2 * nf:].T)
+        return torch.nn.functional.silu(out)
+    out = node[:, :k].index_select(0, row)
+    out += node[:, k:].index_select(0, col)
+    out.addmm_(e, w[:, 2 * nf:].T)
+    out += b
+    return torch.nn.functional.silu(out, inplace=True)
 
 
 def _aggregate(data: Tensor, row: Tensor, n: int, factor: float, method: str) -> Tensor:
@@ -86,8 +99,8 @@ class GCL(nn.Module):
             self.att_mlp = nn.Sequential(nn.Linear(hidden_nf, 1), nn.Sigmoid())
 
     def forward(self, h: Tensor, row: Tensor, col: Tensor, edge_attr: Tensor) -> Tensor:
-        m = torch.nn.functional.silu(_edge_linear(self.edge_mlp[0], h, row, col, edge_attr))
-        m = self.edge_mlp[3](self.edge_mlp[2](m))
+        m = _edge_silu_linear([self.edge_mlp[0]], h, row, col, edge_attr)
+        m = torch.nn.functional.silu(self.edge_mlp[2](m), inplace=not torch.is_grad_enabled())
         if self.attention:
             m = m * self.att_mlp(m)
         agg = _aggregate(m, row, h.shape[0], self.normalization_factor, self.aggregation_method)
@@ -119,17 +132,18 @@ class EquivariantUpdate(nn.Module):
                 nn.Linear(hidden_nf, hidden_nf), nn.SiLU(), last,
             )
 
-    def _scalar(self, mlp: nn.Sequential, h, row, col, edge_attr) -> Tensor:
-        out = torch.nn.functional.silu(_edge_linear(mlp[0], h, row, col, edge_attr))
-        out = mlp[4](mlp[3](mlp[2](out)))
+    def _scalar(self, mlp: nn.Sequential, first: Tensor) -> Tensor:
+        out = mlp[4](torch.nn.functional.silu(mlp[2](first), inplace=not torch.is_grad_enabled()))
         return torch.tanh(out) * self.coords_range if self.tanh else out
 
     def forward(self, h: Tensor, x: Tensor, row: Tensor, col: Tensor, coord_diff: Tensor,
                 coord_cross: Tensor | None, edge_attr: Tensor, move_mask: Tensor) -> Tensor:
-        trans = coord_diff * self._scalar(self.coord_mlp, h, row, col, edge_attr)
+        mlps = [self.coord_mlp] + ([] if self.reflection_equivariant else [self.cross_product_mlp])
+        first = _edge_silu_linear([m[0] for m in mlps], h, row, col, edge_attr)
+        hid = self.coord_mlp[0].out_features
+        trans = coord_diff * self._scalar(self.coord_mlp, first[:, :hid])
         if not self.reflection_equivariant:
-            trans = trans + coord_cross * self._scalar(self.cross_product_mlp, h, row, col,
-                                                       edge_attr)
+            trans = trans + coord_cross * self._scalar(self.cross_product_mlp, first[:, hid:])
         agg = _aggregate(trans, row, x.shape[0], self.normalization_factor,
                          self.aggregation_method)
         return x + agg * move_mask

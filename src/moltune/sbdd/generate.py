@@ -7,9 +7,10 @@ checkpoint's size histogram p(N_lig | N_pocket) unless given.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ def write_sdf(path: str | Path, ligands: Sequence[GeneratedLigand], method: str 
                 mol, built = ligand_to_mol(lig, method=method)
                 try:
                     Chem.MolToMolBlock(mol, kekulize=False)
-                except Exception:  # RDKit cannot write this bonding: keep the atoms
+                except Exception:  # noqa: BLE001 - RDKit cannot write this bonding: keep the atoms
                     mol, built = ligand_to_mol(lig, method="none")
                 mol.SetProp("_Name", f"{name_prefix}_{i}")
                 mol.SetIntProp("moltune_bonds_perceived", int(built))

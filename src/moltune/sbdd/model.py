@@ -16,8 +16,9 @@ API used by training (issue 7)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,13 @@ from moltune.common.errors import CheckpointError
 from moltune.sbdd import checkpoint as ckpt_io
 from moltune.sbdd.diffusion import ConditionalDiffusion, LossTerms, NoiseFn
 from moltune.sbdd.dynamics import DynamicsConfig, EGNNDynamics
-from moltune.sbdd.film import FiLMAdapter, FiLMConfig, as_embedding_tensor, load_adapter, save_adapter
+from moltune.sbdd.film import (
+    FiLMAdapter,
+    FiLMConfig,
+    as_embedding_tensor,
+    load_adapter,
+    save_adapter,
+)
 from moltune.sbdd.vocab import N_ELEMENTS
 
 Tensor = torch.Tensor
@@ -101,7 +108,7 @@ class LigandDiffusionModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path_or_ckpt: str | Path | ckpt_io.DiffSBDDCheckpoint,
                         film: FiLMConfig | FiLMAdapter | None = None,
-                        trust: bool = False) -> "LigandDiffusionModel":
+                        trust: bool = False) -> LigandDiffusionModel:
         """Load a DiffSBDD checkpoint (weights-only), check its layout, tie weights, eval mode."""
         ck = (path_or_ckpt if isinstance(path_or_ckpt, ckpt_io.DiffSBDDCheckpoint)
               else ckpt_io.load_checkpoint(path_or_ckpt, trust=trust))
