@@ -86,6 +86,10 @@ def analyse(directory: str, n_blocks: int = 20) -> dict:
         print(f"\nSpeed (last segment of the run): {speed['steps_per_s_per_replica']:.0f} steps/s "
               f"per replica ({k * speed['steps_per_s_per_replica']:.0f} steps/s for {k} replicas), "
               f"{speed['ns_per_day_per_replica']:.0f} ns/day per replica")  # fmt: skip
+    if speed.get("replica_steps_per_cpu_s"):
+        print(f"CPU cost: {speed['replica_steps_per_cpu_s']:.0f} replica-steps per CPU second "
+              f"({speed['replica_steps_per_cpu_s'] * 86400 / 1e6:.0f} ns/day of one replica on "
+              "one fully available core)")  # fmt: skip
     print("\nOverall:", "all figures agree with the reference" if ok else "SOME FIGURES DIFFER")
     return {"temperatures": rows, "pairs": stats["pairs"], "agree": ok}
 

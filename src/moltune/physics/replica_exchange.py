@@ -557,7 +557,7 @@ def _run_loop(
     k_temps = len(temps)
     buf: dict[str, list] = {key: [] for key in FRAME_KEYS + SWAP_KEYS}
     chunks_this_call = 0
-    start_step, t0 = state.step, time.perf_counter()
+    start_step, t0, c0 = state.step, time.perf_counter(), time.process_time()
     bar = tqdm(
         total=n_total, initial=state.step, unit="ps", unit_scale=cfg.dt_ps,
         desc=f"PT {k_temps} replicas", disable=not progress, mininterval=1.0,
@@ -601,7 +601,7 @@ def _run_loop(
                     break
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     done = state.step - start_step
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = (state.swap_accepts / state.swap_attempts).tolist()
@@ -609,6 +609,9 @@ def _run_loop(
         "wall_s": elapsed,
         "steps_per_s_per_replica": done / elapsed if elapsed > 0 else None,
         "ns_per_day_per_replica": done * cfg.dt_ps / 1000 / (elapsed / 86400) if elapsed else None,
+        # CPU time of this process (all replicas; with workers the work is in the workers)
+        "cpu_s": cpu,
+        "replica_steps_per_cpu_s": done * k_temps / cpu if cpu > 0 and not cfg.workers else None,
     }
     return {"complete": state.step >= n_total, "n_frames": state.n_frames, "steps_done": done,
             "swap_acceptance": acc, "speed": speed}  # fmt: skip
