@@ -1,0 +1,357 @@
+"""A stand-in for the published DiffSBDD checkpoint, trained here from scratch.
+
+The released ``crossdocked_fullatom_cond.ckpt`` cannot be downloaded on these machines, and the
+random-weight fixture generates noise, so the fine-tuning protocol needs a model that generates
+molecules. This module trains a model with the published layout (the fixture's hyper-parameters:
+joint_nf 32, hidden_nf 128, 5 layers, 10 element types, T = 500; the same state-dict keys and
+shapes) on a handful of complexes until it memorises them, and writes a DiffSBDD-layout
+checkpoint that :func:`moltune.sbdd.checkpoint.load_checkpoint` reads.
+
+It memorises its training complexes; that is the point (a model that makes molecules for these
+pockets) and its limit (it says nothing about generalisation). Every report that uses it must
+name it. Departures from the published hyper-parameters, for this CPU, are config fields
+(``egnn_overrides``): by default the pocket-pocket edge cutoff is lowered so that pocket atoms
+only see themselves and the ligand, which makes a training step about ten times cheaper.
+
+One command: ``moltune sbdd standin --data ../shared/data/complexes --out DIR``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moltune.common.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+#: Hyper-parameters of the released checkpoint (as in the shared random-weight fixture).
+PUBLISHED_HPARAMS: dict[str, Any] = {
+    "outdir": "", "dataset": "crossdock", "datadir": "", "batch_size": 16, "lr": 0.001,
+    "egnn_params": {
+        "device": "cpu", "edge_cutoff_ligand": None, "edge_cutoff_pocket": 5.0,
+        "edge_cutoff_interaction": 5.0, "reflection_equivariant": False, "joint_nf": 32,
+        "hidden_nf": 128, "n_layers": 5, "attention": True, "tanh": True, "norm_constant": 1,
+        "inv_sublayers": 1, "sin_embedding": False, "aggregation_method": "sum",
+        "normalization_factor": 100,
+    },
+    "diffusion_params": {
+        "diffusion_steps": 500, "diffusion_noise_schedule": "polynomial_2",
+        "diffusion_noise_precision": 0.0005, "diffusion_loss_type": "l2",
+        "normalize_factors": [1, 4],
+    },
+    "num_workers": 0, "augment_noise": 0, "augment_rotation": False, "clip_grad": True,
+    "eval_epochs": 50,
+    "eval_params": {"n_eval_samples": 100, "eval_batch_size": 100, "smiles_file": None,
+                    "n_visualize_samples": 5, "keep_frames": 100},
+    "visualize_sample_epoch": 50, "visualize_chain_epoch": 50, "auxiliary_loss": False,
+    "loss_params": {"max_weight": 0.001, "schedule": "linear", "clamp_lj": 3.0},
+    "mode": "pocket_conditioning", "pocket_representation": "full-atom", "virtual_nodes": False,
+}
+
+#: Size of the published node histogram (ligand size 0..106 x pocket size 0..1670).
+HISTOGRAM_SHAPE = (107, 1671)
+
+
+@dataclass
+class StandinConfig:
+    """Stand-in training (defaults: the ``sbdd_standin`` preset's choices)."""
+
+    data: str = "../shared/data/complexes"  # raw complexes, or a processed folder (train.npz)
+    out: str = "runs/sbdd/standin"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])  # complexes to memorise
+    complexes: list[str] = field(default_factory=list)  # restrict to these ids (empty: all)
+    embedding: str = "deterministic"  # provider used when processing raw complexes
+    egnn_overrides: dict[str, Any] = field(default_factory=lambda: {"edge_cutoff_pocket": 0.5})
+    init: str = "scratch"  # scratch (the model's own init) | a DiffSBDD checkpoint path
+    seed: int = 0
+    steps: int = 2000
+    batch_size: int = 4
+    lr: float = 1.0e-3
+    weight_decay: float = 1.0e-12
+    warmup_steps: int = 50
+    min_lr_fraction: float = 0.1  # cosine decay to this fraction of lr at the last step
+    grad_clip: float = 2.0
+    t_power: float = 1.0  # t_int = round(T * u**t_power); > 1 favours small noise levels
+    save_every: int = 100
+    eval_n_samples: int = 4
+    eval_timesteps: int = 100
+    eval_complexes: int = 0  # how many training complexes to evaluate at the end (0: all)
+    threads: int = 0  # torch threads (0: leave as is)
+
+
+def standin_hparams(overrides: dict[str, Any] | None = None,
+                    histogram: np.ndarray | None = None) -> dict[str, Any]:
+    """Published hyper-parameters with ``egnn_params`` overrides and a node histogram."""
+    hp = copy.deepcopy(PUBLISHED_HPARAMS)
+    for k, v in (overrides or {}).items():
+        if k not in hp["egnn_params"]:
+            raise InvalidInputError(f"unknown egnn_params key {k!r}")
+        hp["egnn_params"][k] = v
+    if histogram is not None:
+        hp["node_histogram"] = histogram.tolist()
+    return hp
+
+
+def size_histogram(items: list[dict[str, Any]], shape=HISTOGRAM_SHAPE) -> np.ndarray:
+    """Joint (ligand atoms, pocket atoms) histogram of ``items`` in the published shape,
+    Gaussian-smoothed (sigma 1 bin) as DiffSBDD's preprocessing does."""
+    from scipy.ndimage import gaussian_filter
+
+    hist = np.zeros(shape)
+    for d in items:
+        a, b = len(d["lig_coords"]), len(d["pocket_coords"])
+        if a < shape[0] and b < shape[1]:
+            hist[a, b] += 1
+    return gaussian_filter(hist, sigma=1.0, mode="constant", cval=0.0, truncate=4.0)
+
+
+def processed_dir(data: str | Path, out: Path, embedding: str) -> Path:
+    """``data`` if it is already processed, else process it into ``out/data``."""
+    data = Path(data)
+    if (data / "train.npz").is_file():
+        return data
+    from moltune.sbdd.data import process_complexes
+
+    target = out / "data"
+    if not (target / "train.npz").is_file():
+        process_complexes(data, target, embedding=embedding)
+    return target
+
+
+def load_items(pdir: Path, splits: list[str], complexes: list[str]) -> list[dict[str, Any]]:
+    from moltune.sbdd.data import load_processed_split
+
+    items = []
+    for s in splits:
+        if (pdir / f"{s}.npz").is_file():
+            items.extend(load_processed_split(pdir, s))
+    if complexes:
+        wanted = set(complexes)
+        items = [d for d in items if d["name"] in wanted]
+        missing = wanted - {d["name"] for d in items}
+        if missing:
+            raise InvalidInputError(f"complexes {sorted(missing)} not in splits {splits} of {pdir}")
+    if not items:
+        raise InvalidInputError(f"no complexes to train on in {pdir} (splits {splits})")
+    return items
+
+
+def lr_at(step: int, cfg: StandinConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_fraction * lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    f = cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1, p)))
+    return cfg.lr * f
+
+
+def build_model(cfg: StandinConfig, items: list[dict[str, Any]]):
+    from moltune.sbdd.checkpoint import load_checkpoint
+    from moltune.sbdd.model import LigandDiffusionModel
+
+    hp = standin_hparams(cfg.egnn_overrides, size_histogram(items))
+    torch.manual_seed(cfg.seed)
+    model = LigandDiffusionModel(hp)
+    if cfg.init != "scratch":
+        ck = load_checkpoint(cfg.init)
+        model.load_diffsbdd_state_dict(ck.state_dict, where=cfg.init)
+    return model
+
+
+def _save(model, path: Path, step: int, cfg: StandinConfig, extra: dict[str, Any]) -> Path:
+    from moltune.sbdd.checkpoint import save_checkpoint
+
+    hp = dict(model.hyper_parameters)
+    hp["standin"] = {"steps_done": step, "config": dataclasses.asdict(cfg), **extra}
+    return save_checkpoint(path, model.diffsbdd_state_dict(), hp, global_step=step)
+
+
+def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train the stand-in; writes OUT/checkpoints/{last,standin}.ckpt, OUT/metrics.csv,
+    OUT/eval.json, OUT/report.md, OUT/plots/. Resumes from last.ckpt when present."""
+    from tqdm.auto import tqdm
+
+    from moltune.common.io import write_json, write_text
+    from moltune.common.run import RunDir
+    from moltune.sbdd.checkpoint import load_checkpoint
+    from moltune.sbdd.evaluation import complex_batch
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    run = RunDir(Path(cfg.out))
+    run.write_config(cfg)
+    pdir = processed_dir(cfg.data, run.path, cfg.embedding)
+    items = load_items(pdir, list(cfg.splits), list(cfg.complexes))
+    model = build_model(cfg, items)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            amsgrad=True)
+    start = 0
+    last = run.checkpoints / "last.ckpt"
+    metrics_lines = ["step,lr,train/loss,train/grad_norm,seconds"]
+    if resume and last.is_file():
+        ck = load_checkpoint(last)
+        model.load_diffsbdd_state_dict(ck.state_dict, where=str(last))
+        start = int(ck.meta.get("global_step", 0))
+        opt_path = run.checkpoints / "last.opt.pt"
+        if opt_path.is_file():
+            opt.load_state_dict(torch.load(opt_path, weights_only=True))
+        if run.metrics.is_file():
+            metrics_lines = [ln for ln in run.metrics.read_text().splitlines()
+                             if ln and (ln.startswith("step") or int(ln.split(",")[0]) <= start)]
+        log.info("resuming stand-in training at step %d", start)
+    rng = np.random.default_rng(cfg.seed + start)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
+    T = model.ddpm.T
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.steps), desc="stand-in", unit="step", disable=not progress,
+               initial=start, total=cfg.steps)
+    loss_ema = None
+    from moltune.common.io import torch_save
+
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        idx = rng.choice(len(items), size=min(cfg.batch_size, len(items)), replace=False)
+        batch = complex_batch([items[i] for i in idx])
+        u = torch.rand(len(idx), generator=gen)
+        t_int = torch.round(T * u ** cfg.t_power).long().clamp(0, T)
+        out = model(batch, t_int=t_int)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        if math.isfinite(out.loss.item()) and math.isfinite(gn):
+            opt.step()
+        loss = float(out.loss.item())
+        loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+        metrics_lines.append(f"{step + 1},{lr_at(step, cfg):.6g},{loss:.6g},{gn:.6g},"
+                             f"{time.perf_counter() - t0:.1f}")
+        bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save(model, last, step + 1, cfg, {})
+            torch_save(run.checkpoints / "last.opt.pt", opt.state_dict())
+            write_text(run.metrics, "\n".join(metrics_lines) + "\n")
+    bar.close()
+    write_text(run.metrics, "\n".join(metrics_lines) + "\n")
+    final = _save(model, run.checkpoints / "standin.ckpt", cfg.steps, cfg,
+                  {"complexes": [d["name"] for d in items]})
+    result = evaluate_standin(final, items, cfg, run)
+    result["train_seconds_this_session"] = round(time.perf_counter() - t0, 1)
+    write_json(run.path / "eval.json", result)
+    write_text(run.report, standin_report(result, cfg))
+    return result
+
+
+def evaluate_standin(ckpt: Path, items: list[dict[str, Any]], cfg: StandinConfig,
+                     run=None) -> dict[str, Any]:
+    """Validity / connectivity of molecules generated for the training pockets."""
+    from moltune.sbdd.evaluation import evaluate_pockets
+    from moltune.sbdd.model import LigandDiffusionModel
+
+    model = LigandDiffusionModel.from_checkpoint(ckpt)
+    sel = items if not cfg.eval_complexes else items[: cfg.eval_complexes]
+    res = evaluate_pockets(model, sel, cfg.eval_n_samples, cfg.eval_timesteps, seed=cfg.seed,
+                           num_atoms="reference", progress=True)
+    out = {"checkpoint": str(ckpt), "n_pockets": len(sel), "n_samples_per_pocket":
+           cfg.eval_n_samples, "timesteps": cfg.eval_timesteps, "summary": res["summary"],
+           "per_pocket": {k: {m: v.get(m) for m in ("validity", "connectivity",
+                                                    "valid_and_connected")}
+                          for k, v in res["per_pocket"].items()}}
+    if run is not None:
+        _plot(out, run.plots / "standin_eval.png")
+        _plot_loss(run.metrics, run.plots / "standin_loss.png")
+    return out
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["per_pocket"])
+    v = [result["per_pocket"][n]["validity"] or 0 for n in names]
+    c = [result["per_pocket"][n]["valid_and_connected"] or 0 for n in names]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 3.5))
+    ax.bar(x - 0.2, v, 0.4, label="valid")
+    ax.bar(x + 0.2, c, 0.4, label="valid and connected")
+    ax.set_xticks(x, names, rotation=60)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of samples")
+    ax.set_title(f"stand-in, training pockets ({result['timesteps']} denoising steps)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_loss(metrics: Path, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    if not metrics.is_file():
+        return
+    df = pd.read_csv(metrics)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(df["step"], df["train/loss"], alpha=0.3, lw=0.6)
+    ax.plot(df["step"], df["train/loss"].rolling(50, min_periods=1).mean(), lw=1.5)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("train/loss (l2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def standin_report(result: dict[str, Any], cfg: StandinConfig) -> str:
+    s = result["summary"]
+    lines = [
+        "# Stand-in DiffSBDD model (trained here from scratch; memorises its complexes)",
+        "",
+        f"- checkpoint: `{result['checkpoint']}`",
+        f"- layout: published (joint_nf 32, hidden_nf 128, 5 layers, T 500) with egnn "
+        f"overrides {cfg.egnn_overrides}",
+        f"- trained {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, on "
+        f"{result['n_pockets']} complexes of splits {cfg.splits}",
+        f"- evaluation: {result['n_samples_per_pocket']} samples per training pocket, "
+        f"{result['timesteps']} denoising steps, ligand size = reference",
+        "",
+        f"validity {s['validity']:.3f}, connectivity (of valid) {s['connectivity']:.3f}, "
+        f"valid and connected {s['valid_and_connected']:.3f}",
+        "",
+        "| pocket | validity | valid and connected |",
+        "|---|---|---|",
+    ]
+    for k, v in result["per_pocket"].items():
+        lines.append(f"| {k} | {v['validity']:.2f} | {v['valid_and_connected']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def tiny_checkpoint(path: str | Path, items: list[dict[str, Any]] | None = None,
+                    hidden_nf: int = 16, n_layers: int = 1, joint_nf: int = 8,
+                    seed: int = 0) -> Path:
+    """A small untrained model of the published layout (same keys, small sizes) written as a
+    DiffSBDD checkpoint: for tests and smoke runs. ``items`` give the size histogram."""
+    from moltune.sbdd.checkpoint import save_checkpoint
+    from moltune.sbdd.model import LigandDiffusionModel
+
+    hp = standin_hparams({"hidden_nf": hidden_nf, "n_layers": n_layers, "joint_nf": joint_nf,
+                          "edge_cutoff_pocket": 0.5},
+                         size_histogram(items) if items else None)
+    torch.manual_seed(seed)
+    model = LigandDiffusionModel(hp)
+    return save_checkpoint(path, model.diffsbdd_state_dict(), hp)

@@ -1,0 +1,174 @@
+"""FiLM fine-tuning: a tiny real run (tiny model of the published layout, real complexes, real
+Lightning), resume, the monitor stop path through the CLI, and a constructed adapter collapse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+COMPLEXES = SHARED / "data" / "complexes"
+SPLIT = {"3rfm": "train", "1w1p": "train", "1fbh": "val", "8bch": "val"}
+
+pytestmark = pytest.mark.skipif(not COMPLEXES.is_dir(), reason="shared complexes not available")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from moltune.sbdd.data import load_processed_split, process_complexes
+    from moltune.sbdd.standin import tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("sbdd_train")
+    src = root / "src"
+    src.mkdir()
+    for cid in SPLIT:
+        (src / cid).symlink_to((COMPLEXES / cid).resolve())
+    proc = root / "processed"
+    process_complexes(src, proc, split=SPLIT, embedding="deterministic", progress=False)
+    items = load_processed_split(proc, "train") + load_processed_split(proc, "val")
+    ckpt = tiny_checkpoint(root / "tiny.ckpt", items, hidden_nf=16, n_layers=1, joint_nf=8)
+    return {"root": root, "processed": proc, "ckpt": ckpt}
+
+
+def _cfg(tiny, out, **kw):
+    from moltune.common.config import merge
+    from moltune.sbdd.train import FinetuneConfig
+
+    base = {
+        "checkpoint": str(tiny["ckpt"]), "out": str(out), "mode": "adapter", "max_steps": 4,
+        "batch_size": 2, "val_every_n_steps": 2, "progress": False, "threads": 1,
+        "data": {"processed": str(tiny["processed"])},
+        "film": {"hidden_dims": [16]},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},
+        "eval": {"every_n_steps": 2, "n_samples": 2, "timesteps": 3},
+        "diagnostics": {"every_n_steps": 1},
+        "monitors": {"quality_floor": {"enabled": False}},
+    }
+    for k, v in kw.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = base[k] | v
+        else:
+            base[k] = v
+    return merge(FinetuneConfig(), base)
+
+
+@pytest.fixture(scope="module")
+def healthy_run(tiny):
+    from moltune.sbdd.model import LigandDiffusionModel
+    from moltune.sbdd.train import train
+
+    out = tiny["root"] / "run"
+    info = train(_cfg(tiny, out))
+    before = LigandDiffusionModel.from_checkpoint(tiny["ckpt"]).diffsbdd_state_dict()
+    return {"out": out, "info": info, "before": before}
+
+
+def test_adapter_only_run_trains_only_the_adapter(tiny, healthy_run):
+    from moltune.sbdd.film import load_adapter
+    from moltune.sbdd.model import LigandDiffusionModel
+
+    info, out = healthy_run["info"], healthy_run["out"]
+    assert info["global_step"] == 4
+    assert info["stopped"] is None
+    # trainable = adapter parameters only: 960*16+16 + 16*16+16 (2 x joint_nf 8)
+    assert info["n_trainable"] == 960 * 16 + 16 + 16 * 16 + 16
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for k, v in healthy_run["before"].items():
+        assert torch.equal(state["model." + k], v), f"frozen tensor {k} changed"
+    adapter = load_adapter(out / "checkpoints" / "adapter-last.pt")
+    assert adapter.last.weight.abs().max() > 0  # moved away from the identity init
+    model = LigandDiffusionModel.from_checkpoint(tiny["ckpt"])
+    model.set_film(adapter)  # the exported adapter fits the pretrained model
+
+
+def test_run_folder_metrics_and_checkpoints(healthy_run):
+    out = healthy_run["out"]
+    for name in ("config.yaml", "metrics.csv", "report.md", "summary.json",
+                 "plots/training.png"):
+        assert (out / name).is_file(), name
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["mode"] == "adapter" and cfg["max_steps"] == 4
+    df = pd.read_csv(out / "metrics.csv")
+    for col in ("train/loss", "val/loss", "val/validity", "val/connectivity", "val/qed",
+                "val/sa", "adapter/gamma_mean", "adapter/gamma_std", "adapter/beta_mean",
+                "adapter/beta_std", "adapter/gamma_drift", "adapter/grad_norm"):
+        assert col in df.columns, col
+    assert df["train/loss"].notna().sum() == 4
+    assert np.isfinite(df["val/loss"].dropna()).all() and df["val/loss"].notna().sum() == 2
+    v = df["val/validity"].dropna()
+    assert len(v) == 2 and ((v >= 0) & (v <= 1)).all()
+    g = df["adapter/gamma_mean"].dropna()
+    # identity init: gamma starts at 1 and moves only slightly at lr 1e-2
+    assert len(g) >= 4 and abs(g.iloc[0] - 1) < 0.1 and g.nunique() > 1
+    assert (df["adapter/grad_norm"].dropna() > 0).all()
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(c.startswith("step") for c in ckpts)
+    assert len([c for c in ckpts if c.startswith("step")]) <= 2  # top_k
+    assert (out / "checkpoints" / "adapter-best.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_val"] == 2 and summary["checkpoint"].endswith("tiny.ckpt")
+
+
+def test_resume_continues_step_count(tiny, healthy_run, tmp_path):
+    import shutil
+
+    from moltune.common.errors import InvalidInputError
+    from moltune.sbdd.train import train
+
+    out = tmp_path / "run"
+    shutil.copytree(healthy_run["out"], out)
+    with pytest.raises(InvalidInputError, match="--resume"):
+        train(_cfg(tiny, out))
+    info = train(_cfg(tiny, out, max_steps=6), resume=True)
+    assert info["global_step"] == 6
+    df = pd.read_csv(out / "metrics.csv")
+    steps = df.dropna(subset=["train/loss"])["step"]
+    assert steps.max() >= 5  # new rows continue after step 4 rather than restarting at 0
+
+
+def test_monitor_stop_writes_stopped_json_and_cli_exits_nonzero(tiny, tmp_path):
+    from moltune.cli.main import main
+    from moltune.common.config import to_yaml
+    from moltune.validation.monitors import EXIT_STOPPED
+
+    out = tmp_path / "floor"
+    cfg = _cfg(tiny, out, max_steps=6,
+               monitors={"quality_floor": {"enabled": True, "action": "stop",
+                                           "floors": {"val/connectivity": 0.5}}})
+    cfg_file = tmp_path / "cfg.yml"
+    cfg_file.write_text(to_yaml(cfg))
+    rc = main(["sbdd", "train", "--config", str(cfg_file)])
+    assert rc == EXIT_STOPPED != 0
+    stopped = json.loads((out / "stopped.json").read_text())
+    # an untrained tiny model makes no connected molecules: connectivity 0 < 0.5 at the first eval
+    assert stopped["monitor"] == "quality_floor"
+    assert "val/connectivity" in stopped["message"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] < 6
+    assert "STOPPED" in (out / "report.md").read_text()
+
+
+def test_constructed_adapter_collapse_is_stopped_by_drift_monitor(tiny, tmp_path):
+    """A far too high learning rate on the adapter: gamma runs away from 1; the drift monitor
+    stops the run before max_steps with that reason."""
+    from moltune.sbdd.train import train
+
+    out = tmp_path / "collapse"
+    info = train(_cfg(tiny, out, max_steps=12, val_every_n_steps=4,
+                      optim={"lr": 5.0, "warmup_steps": 0, "schedule": "constant",
+                             "grad_clip": 0.0},
+                      eval={"every_n_steps": 100},
+                      monitors={"adapter_drift": {"action": "stop",
+                                                  "metric": "adapter/gamma_drift",
+                                                  "low": 0.0, "high": 0.5}}))
+    assert info["stopped"] is not None
+    assert info["stopped"]["monitor"] == "adapter_drift"
+    assert info["global_step"] < 12
+    df = pd.read_csv(out / "metrics.csv")
+    assert df["adapter/gamma_drift"].dropna().max() > 0.5
