@@ -214,3 +214,24 @@ def test_film_input_checks(base):
         base.film_params(np.zeros(960, np.float32), 1)
     with pytest.raises(ValueError, match="init must be"):
         FiLMConfig(init="zeros")
+
+
+def test_generation_with_film_embedding(base, golden):
+    from moltune.common.errors import InvalidInputError
+    from moltune.sbdd.generate import generate
+
+    class Pocket:
+        coords_A = golden["complex"]["pocket_coords_pdb_frame"].double().numpy()
+        one_hot = golden["complex"]["pocket_one_hot"].numpy()
+
+    emb = _embeddings()["gauss"][0].numpy()
+    kw = {"n_samples": 2, "num_atoms": 6, "timesteps": 2, "seed": 3, "progress": False}
+    plain = generate(base, Pocket, **kw)
+    ident = generate(_model(base, FiLMConfig()), Pocket, embedding=emb, **kw)
+    rand = generate(_model(base, FiLMConfig(init="random")), Pocket, embedding=emb, **kw)
+    for a, b, c in zip(plain.ligands, ident.ligands, rand.ligands):
+        assert np.abs(a.coords_A - b.coords_A).max() <= 1e-6
+        assert np.array_equal(a.atom_type_index, b.atom_type_index)
+        assert np.abs(a.coords_A - c.coords_A).max() > 1e-3
+    with pytest.raises(InvalidInputError, match="give a pocket embedding"):
+        generate(_model(base, FiLMConfig()), Pocket, **kw)

@@ -263,6 +263,20 @@ def test_generate_run_end_to_end(golden, models, dtype):
         assert torch.equal(types, G["atom_type_index_float64_run"])
 
 
+@pytest.mark.skipif(not COMPLEX.is_dir(), reason="complexes not available")
+def test_pocket_from_pdb_is_the_recorded_generation_input(golden):
+    """The data helper's pocket (3RFM + caffeine) is exactly what the reference generated for."""
+    from moltune.sbdd.data import pocket_from_pdb
+
+    pocket = pocket_from_pdb(COMPLEX / "protein.pdb", ref_ligand_sdf=COMPLEX / "ligand.sdf")
+    pk = golden["sampling"]["generate_run"]["pocket_in_pdb_frame"]
+    m = pocket.n_atoms
+    assert m == 286
+    for b in range(2):
+        assert torch.equal(torch.as_tensor(pocket.coords_A).float(), pk["x"][b * m:(b + 1) * m])
+        assert torch.equal(torch.as_tensor(pocket.one_hot).long(), pk["one_hot"][b * m:(b + 1) * m])
+
+
 # ------------------------------------------------------------------ generation API and CLI
 def test_generate_api_and_size_histogram(golden, models):
     from moltune.sbdd.generate import generate
