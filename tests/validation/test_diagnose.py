@@ -181,3 +181,23 @@ def test_flow_acceptance_collapse_and_logged_val_size(tmp_path):
     assert ev["val/acceptance_flow_best"] == pytest.approx(0.31) and ev["best_epoch"] == 2
     assert "small_validation" not in d.ids
     assert d.summary["val/acceptance_flow first -> last"] == "0.05 -> 0.02"
+
+
+def test_offset_nll_that_improves_is_not_called_not_learning(tmp_path):
+    """Flow NLLs sit near -300: a steady 1.7% improvement is far beyond the noise."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import validation_toys as vt
+
+    train = {"train/loss": [-300.0, -301.1, -301.9, -303.2, -304.0, -305.1]}
+    val = {"val/loss": [-299.0, -300.2, -301.0, -302.1, -303.0, -304.2]}
+    vt.fit(vt.ReplayModule(val, train), tmp_path, 6)
+    d = run_diagnosis(tmp_path)
+    assert d.ids[0] == "healthy" and "not_learning" not in d.ids
+    flat = tmp_path / "flat"
+    vt.fit(vt.ReplayModule({"val/loss": [-299.0] * 6},
+                           {"train/loss": [-300.0, -300.4, -299.7, -300.2, -299.9, -300.1]}), flat, 6)
+    d = run_diagnosis(flat)
+    assert d.ids[0] == "not_learning" and abs(d.findings[0].evidence["improvement_z"]) < 3

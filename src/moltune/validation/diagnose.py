@@ -13,9 +13,11 @@ Rules (in vocabulary order):
 - ``quality_collapse``: a quality metric (``quality_floors``; higher is better) ends below its
   floor after having been above it, or loses more than ``quality_drop`` of a best value of at
   least ``quality_min_best`` (flow acceptance has floor 0: only the drop rule applies).
-- ``not_learning``: training loss improves by less than ``min_rel_improvement`` (relative, mean of
-  the first vs the last tenth of the per-epoch values; per-step values when there are fewer than
-  ``min_train_points`` epochs).
+- ``not_learning``: training loss (mean of the first vs the last tenth of the per-epoch values;
+  per-step values when there are fewer than ``min_train_points`` epochs, and no verdict below
+  ``min_train_steps`` steps) improves by less than ``min_rel_improvement`` relative AND by less
+  than ``min_improvement_z`` standard errors (noise from successive differences) - losses with
+  a large offset, like flow NLLs near -300, improve by little relative to their size.
 - ``nonfinite``: any logged value NaN / inf.
 - ``adapter_drift``: ``adapter/gamma_mean`` outside ``gamma_range``.
 - ``stopped_by_monitor``: ``stopped.json`` present.
@@ -72,7 +74,9 @@ class DiagnoseConfig:
     perfect_reconstruction_nm: float = 1.0e-3
     default_kT_kjmol: float = 2.494  # 300 K, used only when no kT is logged
     min_rel_improvement: float = 0.02
-    min_train_points: int = 5
+    min_improvement_z: float = 3.0
+    min_train_points: int = 5  # epochs
+    min_train_steps: int = 20  # logged steps, when there are fewer epochs
     quality_floors: dict[str, float] = field(default_factory=lambda: {
         "val/connectivity": 0.5, "val/validity": 0.5, "val/acceptance_flow": 0.0})
     quality_drop: float = 0.5
@@ -360,18 +364,26 @@ def rule_not_learning(ctx: _Ctx) -> Finding | None:
     steps_s = _finite(logs.step_series(ctx.m, "train/loss"))
     epoch_s = _finite(ctx.loss("train"))
     # epoch means average out batch-to-batch noise; steps only when there are too few epochs
-    s = epoch_s if len(epoch_s) >= cfg.min_train_points else steps_s
-    if len(s) < cfg.min_train_points:
-        return None
+    if len(epoch_s) >= cfg.min_train_points:
+        s = epoch_s
+    elif len(steps_s) >= cfg.min_train_steps:
+        s = steps_s
+    else:
+        return None  # too short to tell (short_run says so)
     v = s.to_numpy(dtype=float)
     k = max(1, len(v) // 10)
     head, tail = float(np.mean(v[:k])), float(np.mean(v[-k:]))
     improvement = -_rel(head, tail)
-    if improvement >= cfg.min_rel_improvement:
+    # noise of one value from successive differences; z: the improvement in standard errors
+    noise = float(np.std(np.diff(v), ddof=1) / math.sqrt(2)) if len(v) > 2 else math.nan
+    se = noise * math.sqrt(2 / k)
+    z = (head - tail) / se if se > 0 else (math.inf if head > tail else 0.0)
+    if improvement >= cfg.min_rel_improvement or z >= cfg.min_improvement_z:
         return None
     ev: dict[str, Any] = {"train/loss_start_mean": head, "train/loss_end_mean": tail,
                           "relative_improvement": improvement, "min_rel_improvement":
-                          cfg.min_rel_improvement, "n_points": len(v), "train/loss_min": float(v.min())}
+                          cfg.min_rel_improvement, "improvement_z": z, "min_improvement_z":
+                          cfg.min_improvement_z, "n_points": len(v), "train/loss_min": float(v.min())}
     lr = _setting(ctx.run, ("lr", "learning_rate", "learning-rate"))
     if lr is not None:
         ev[lr[0]] = lr[1]
@@ -588,7 +600,7 @@ def rule_short_run(ctx: _Ctx) -> Finding | None:
     n = len(_finite(ctx.loss("val"))) or len(_finite(ctx.loss("train")))
     if n >= ctx.cfg.min_evaluations:
         return None
-    return Finding("short_run", "low", f"Only {n} evaluation(s): too few to judge trends",
+    return Finding("short_run", "medium", f"Only {n} evaluation(s): too few to judge trends",
                    {"evaluations": n, "min_evaluations": ctx.cfg.min_evaluations},
                    ["run stopped early or is still running"], ["train longer before judging"], None)
 

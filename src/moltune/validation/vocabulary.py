@@ -44,7 +44,7 @@ FINDINGS: dict[str, str] = {
     "gradient_explosion": "The gradient L2 norm exceeded its bound.",
     "monitor_warnings": "Red-flag monitors raised warnings during training (redflags.json).",
     "no_validation": "No validation loss was logged, so generalisation cannot be judged.",
-    "short_run": "Too few evaluations to judge trends.",
+    "short_run": "Too few evaluations to judge trends (so the run is not called healthy).",
     "healthy": "No finding of severity medium or worse: the run looks healthy on what was logged.",
 }
 
