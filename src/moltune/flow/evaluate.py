@@ -130,8 +130,9 @@ def evaluate_transport(
     """Score ``flow`` between frames sampled at ``t_source_K`` and at ``t_target_K``.
 
     Frames are [F, N, 3] in nm, in simulation (time) order, and should be held out from training.
-    ``energy`` maps [B, N, 3] float64 nm to U [B] kJ/mol; ``dihedrals`` maps [F, N, 3] to
-    (phi, psi) [F, k] radians (None: no Ramachandran comparison). The flow gets float64
+    ``energy`` maps [B, N, 3] float64 nm to U [B] kJ/mol; ``dihedrals`` maps [F, N, 3] (NaN
+    frames included) to matching (phi, psi) arrays in radians, [F*k] or [F, k], of the finite
+    frames (None: no Ramachandran comparison). The flow gets float64
     coordinates. Returns (metrics with :data:`METRIC_KEYS`, details, per-frame arrays).
     """
     from moltune.physics.units import beta
@@ -303,7 +304,7 @@ def evaluate_flow(
     (also in ``out_dir/metrics.json``).
     """
     from moltune.physics.energy import TorchEnergy
-    from moltune.physics.geometry import backbone_dihedrals
+    from moltune.physics.geometry import ramachandran_angles
     from moltune.physics.ptdata import load_pt_data
 
     data = load_pt_data(data_dir)
@@ -322,7 +323,11 @@ def evaluate_flow(
     md_top = data.md_topology
 
     def dihedrals(xyz: np.ndarray):
-        return backbone_dihedrals(xyz, md_top)
+        # (phi, psi) pairs of the finite frames; transformed frames may be NaN
+        ok = np.isfinite(xyz.reshape(len(xyz), -1)).all(axis=1)
+        if not ok.any():
+            return np.zeros(0), np.zeros(0)
+        return ramachandran_angles(xyz[ok], md_top)
 
     log.info("evaluating %s: %.0f K <-> %.0f K on %d + %d frames", label, t_i, t_j, len(x), len(y))
     metrics, details, arrays = evaluate_transport(
@@ -379,8 +384,8 @@ def _plots(out: Path, details: dict, arrays: dict) -> list[str]:
     if angles:
         panels = {}
         for key in ("source", "target", "forward", "inverse"):
-            phi, psi = (np.asarray(a, np.float64) for a in angles[key])
-            ok = np.isfinite(phi).all(axis=1) & np.isfinite(psi).all(axis=1)
+            phi, psi = (np.asarray(a, np.float64).ravel() for a in angles[key])
+            ok = np.isfinite(phi) & np.isfinite(psi)
             panels[names[key]] = (phi[ok], psi[ok])
         plots.ramachandran(panels, out / "ramachandran.png")
         written.append("ramachandran.png")
