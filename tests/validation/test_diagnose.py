@@ -201,3 +201,23 @@ def test_offset_nll_that_improves_is_not_called_not_learning(tmp_path):
                            {"train/loss": [-300.0, -300.4, -299.7, -300.2, -299.9, -300.1]}), flat, 6)
     d = run_diagnosis(flat)
     assert d.ids[0] == "not_learning" and abs(d.findings[0].evidence["improvement_z"]) < 3
+
+
+def test_flow_evaluation_json_alone_reveals_inverse_explosion(runs, tmp_path):
+    """moltune pt evaluate writes mean_energy_kjmol/{source,target,forward,inverse}; a healthy-
+    looking log plus an exploded evaluation is still an inverse explosion."""
+    import json
+    import shutil
+
+    src = runs("healthy")
+    run = tmp_path / "run"
+    shutil.copytree(src, run)
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text(json.dumps({"mean_energy_kjmol": {
+        "source": -509.0, "target": -468.0, "forward": -460.0, "inverse": 9.0e17},
+        "reconstruction_rmsd_nm": 1e-5}))
+    d = run_diagnosis(run)
+    assert d.ids[0] == "inverse_explosion" and "forward_explosion" not in d.ids
+    ev = d.findings[0].evidence
+    assert ev["eval/mean_energy_kjmol/inverse_excess_kT"] == pytest.approx((9e17 + 509) / 2.494,
+                                                                          rel=1e-5)

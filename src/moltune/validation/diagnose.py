@@ -243,13 +243,19 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
             fired = True
             ev["nonfinite_evaluations"] = len(nonfinite)
             ev["first_nonfinite_epoch"] = int(nonfinite.index[0])
+    ref_word = "target" if direction == "forward" else "source"
     for k, v in eval_keys.items():
         ev[k] = v
-        if not math.isfinite(v) or (math.isfinite(ref_value) and (v - ref_value) / kt_value
+        # an evaluation's own reference (e.g. mean_energy_kjmol/source beside .../inverse) first
+        sibling = ctx.run.evaluation.get(k.lower().replace(direction, ref_word))
+        ref_k = float(sibling) if isinstance(sibling, (int, float)) else ref_value
+        if not math.isfinite(ref_value) and math.isfinite(ref_k):
+            ev[f"evaluation_reference_{ref_word}_kjmol"] = ref_k
+        if not math.isfinite(v) or (math.isfinite(ref_k) and (v - ref_k) / kt_value
                                     > cfg.explosion_kT):
             fired = True
-            if math.isfinite(v) and math.isfinite(ref_value):
-                ev[f"{k}_excess_kT"] = (v - ref_value) / kt_value
+            if math.isfinite(v) and math.isfinite(ref_k):
+                ev[f"{k}_excess_kT"] = (v - ref_k) / kt_value
     if not fired:
         return None
     rmsd = _finite(ctx.es("val/reconstruction_rmsd_nm"))
@@ -277,8 +283,9 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
     peak_all = max([p for p in [peak] + evals if isinstance(p, float) and math.isfinite(p)],
                    default=math.nan)
     arrow = "T^-1(y)" if direction == "inverse" else "T(x)"
+    ref_shown = ev.get(f"evaluation_reference_{ref_word}_kjmol", ref_value)
     title = (f"{direction.capitalize()} direction explodes: mean energy of {arrow} reaches "
-             f"{peak_all:.3g} kJ/mol (reference {ref_value:.4g} kJ/mol, kT {kt_value:.3g} kJ/mol)")
+             f"{peak_all:.3g} kJ/mol (reference {ref_shown:.4g} kJ/mol, kT {kt_value:.3g} kJ/mol)")
     if "first_nonfinite_epoch" in ev:
         title += f", non-finite from epoch {ev['first_nonfinite_epoch']}"
     if perfect:
