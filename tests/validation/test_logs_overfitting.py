@@ -128,3 +128,13 @@ def test_negative_losses_use_the_difference(tmp_path):
     p.write_text("\n".join(rows) + "\n")
     res = detect_overfitting(logs.read_metrics(p), threshold=1.0)
     assert res.mode == "difference" and res.first_overfit_epoch == 2 and res.recommended_epoch == 1
+
+
+def test_wandb_history_prefers_lightning_global_step(tmp_path):
+    p = tmp_path / "h.csv"
+    p.write_text("_step,_runtime,trainer/global_step,epoch,train/loss,val/loss\n"
+                 "0,1.0,49,0,0.9,\n1,2.0,49,0,,1.1\n2,3.0,99,1,0.5,\n3,4.0,99,1,,0.8\n")
+    t = logs.read_metrics(p)
+    assert sorted(t["metric"].unique()) == ["train/loss", "val/loss"]
+    assert logs.step_series(t, "val/loss").index.tolist() == [49, 99]
+    assert logs.epoch_series(t, "val/loss").tolist() == [1.1, 0.8]

@@ -26,7 +26,8 @@ import pandas as pd
 from moltune.common.errors import InputFileError, InvalidInputError
 
 TIDY_COLUMNS = ["step", "epoch", "metric", "value"]
-_WANDB_META = {"_step", "_runtime", "_timestamp", "Step", "step", "epoch", "Epoch", "_wandb"}
+_WANDB_META = {"_step", "_runtime", "_timestamp", "Step", "step", "epoch", "Epoch", "_wandb",
+               "trainer/global_step"}
 
 
 def _to_float(text: str) -> float | None:
@@ -113,7 +114,8 @@ def read_wandb_csv(path: str | Path, run: str | None = None) -> pd.DataFrame:
         reader = csv.DictReader(fh)
         fields = reader.fieldnames or []
         records = list(reader)
-    step_col = next((c for c in ("_step", "Step", "step", "trainer/global_step") if c in fields), None)
+    # Lightning's WandbLogger logs the true step as trainer/global_step; _step is W&B's counter
+    step_col = next((c for c in ("trainer/global_step", "_step", "Step", "step") if c in fields), None)
     epoch_col = next((c for c in ("epoch", "Epoch") if c in fields), None)
     metric_cols: dict[str, str] = {}
     runs_seen: set[str] = set()
