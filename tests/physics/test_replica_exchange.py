@@ -181,6 +181,8 @@ def test_resume_after_stop_and_extend(aa, tmp_path):
     np.testing.assert_allclose(got.xyz_nm[0][:5], ref.xyz_nm[0][:5], atol=1e-3)
     # extending a finished run with a longer time continues it
     longer = PTConfig(temperatures_K=TEMPS, **{**TINY, "time_ns": 0.003})
+    simulate(aa, tmp_path / "b", longer, progress=False, stop_after_chunks=1)
+    assert load_pt_data(tmp_path / "b").n_frames == 11  # mid-extension: the chunks, not stale data
     assert simulate(aa, tmp_path / "b", longer, progress=False)["n_frames"] == 15
     np.testing.assert_allclose(load_pt_data(tmp_path / "b").time_ps, np.arange(1, 16) * 0.2)
     with pytest.raises(UserError, match="other settings"):

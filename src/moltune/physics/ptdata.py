@@ -118,7 +118,7 @@ def load_pt_data(directory: str | Path) -> PTData:
             raise InputFileError(f"{str(d)!r} is not a PT data directory: {name} is missing")
     metadata = json.loads((d / METADATA_FILE).read_text())
     temps = np.asarray(metadata["temperatures_K"], dtype=np.float64)
-    if (d / DATA_FILE).is_file():
+    if (d / DATA_FILE).is_file() and not _extended_since_consolidation(d):
         z = _read_npz(d / DATA_FILE)
         frames = {k: z[k] for k in FRAME_KEYS + SWAP_KEYS}
         attempts, accepts = z["swap_attempts"], z["swap_accepts"]
@@ -149,6 +149,17 @@ def load_pt_data(directory: str | Path) -> PTData:
         swap_accepted=np.asarray(frames["swap_accepted"], dtype=np.int8),
         metadata=metadata,
     )
+
+
+def _extended_since_consolidation(d: Path) -> bool:
+    """True when a run being extended has saved more frames than its pt_data.npz holds."""
+    if not (d / STATE_FILE).is_file():
+        return False
+    try:
+        with np.load(d / STATE_FILE, allow_pickle=False) as st, np.load(d / DATA_FILE) as z:
+            return int(st["n_frames"]) > z["time_ps"].shape[0]
+    except Exception:  # noqa: BLE001 - an unreadable state means: trust pt_data.npz
+        return False
 
 
 def read_chunks(directory: str | Path, n_chunks: int, temps=None) -> dict[str, np.ndarray]:

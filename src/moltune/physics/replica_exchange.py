@@ -468,6 +468,8 @@ def simulate(
                 f"{str(out)!r} already ran {(state.step - n_eq) * cfg.dt_ps / 1000:.4g} ns, more "
                 f"than --time-ns {cfg.time_ns}; give at least that or choose a new --out"
             )
+        if state.step < n_total and (out / DATA_FILE).is_file():
+            (out / DATA_FILE).unlink()  # being extended: the chunks are the data until the end
         for stale in (out / CHUNK_DIR).glob("chunk_*.npz"):  # written after the last state
             if int(stale.stem.split("_")[1]) >= state.n_chunks:
                 stale.unlink()
