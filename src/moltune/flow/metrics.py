@@ -17,7 +17,13 @@ import math
 
 import numpy as np
 
+# 20-degree bins: the plug-in JS divergence is biased upwards by about (occupied bins)/(4 n) for
+# two sets of n samples; at 36 bins per axis and n = 1000 AA frames that bias alone is ~0.1, above
+# the 0.05 pass mark, while 18 bins keep it near 0.02 and still resolve the basins.
+RAMA_BINS = 18
+
 __all__ = [
+    "RAMA_BINS",
     "acceptance_summary",
     "integrated_autocorr_time",
     "jeffreys_divergence",
@@ -212,7 +218,7 @@ def normalized_ess(log_weights: np.ndarray) -> float:
     return float(w.sum() ** 2 / (n * np.dot(w, w)))
 
 
-def periodic_histogram2d(phi: np.ndarray, psi: np.ndarray, bins: int = 36) -> np.ndarray:
+def periodic_histogram2d(phi: np.ndarray, psi: np.ndarray, bins: int = RAMA_BINS) -> np.ndarray:
     """Normalised 2-D histogram of angles (radians) on [-pi, pi)^2; non-finite pairs are dropped."""
     phi, psi = np.asarray(phi, np.float64).ravel(), np.asarray(psi, np.float64).ravel()
     ok = np.isfinite(phi) & np.isfinite(psi)
@@ -239,7 +245,11 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def ramachandran_js(
-    phi_a: np.ndarray, psi_a: np.ndarray, phi_b: np.ndarray, psi_b: np.ndarray, bins: int = 36
+    phi_a: np.ndarray,
+    psi_a: np.ndarray,
+    phi_b: np.ndarray,
+    psi_b: np.ndarray,
+    bins: int = RAMA_BINS,
 ) -> float:
     """JS divergence of phi/psi histograms of two sample sets, averaged over dihedral pairs.
 
