@@ -490,8 +490,10 @@ def rule_small_validation(ctx: _Ctx) -> Finding | None:
         ev["val_jumps_over_factor"] = jumps
         if (math.isfinite(zt) and zv > cfg.volatility_factor * max(zt, 1e-12)
                 and span > cfg.volatility_span and jumps >= cfg.volatility_min_jumps):
-            reasons.append(f"validation loss swings {fv.min():.3g}..{fv.max():.3g} "
-                           f"({zv / max(zt, 1e-12):.3g}x the training loss's zig-zag)")
+            factor = zv / max(zt, 1e-12)
+            shown = "over 1000x" if factor > 1000 else f"{factor:.3g}x"
+            reasons.append(f"validation loss swings {fv.min():.4g}..{fv.max():.4g} "
+                           f"(zig-zag {shown} the training loss's)")
     if not reasons:
         return None
     causes = ["the validation split holds too few samples to estimate the loss",

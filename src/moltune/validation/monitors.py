@@ -122,7 +122,8 @@ class GradNormConfig:
 
 @dataclass
 class LossRatioConfig:
-    """Validation loss / mean training loss of the epoch above ``max_ratio`` (positive losses)."""
+    """Validation loss / mean training loss since the previous evaluation above ``max_ratio``
+    (positive losses only; a ratio of negative log-likelihoods means nothing)."""
 
     enabled: bool = True
     action: Action = "warn"
@@ -605,7 +606,8 @@ class GradNormMonitor(RedFlagMonitor):
 
 
 class LossRatioMonitor(RedFlagMonitor):
-    """Validation loss over the epoch's mean training loss above ``max_ratio``."""
+    """Validation loss over the mean training loss since the previous evaluation above
+    ``max_ratio``."""
 
     name = "loss_ratio"
     hooks = ("train_batch_end", "validation_end")
@@ -617,12 +619,9 @@ class LossRatioMonitor(RedFlagMonitor):
         self.train_metric = train_metric
         self.val_metric = val_metric
         self._train: list[float] = []
-        self._epoch = -1
 
     def check(self, trainer, pl_module, hook):
         if hook == "train_batch_end":
-            if trainer.current_epoch != self._epoch:
-                self._epoch, self._train = trainer.current_epoch, []
             metrics = trainer.callback_metrics
             v = None
             for key in (f"{self.train_metric}_step", self.train_metric):
@@ -639,11 +638,12 @@ class LossRatioMonitor(RedFlagMonitor):
         if not self._train or val is None or not math.isfinite(val):
             return None
         train = float(np.mean(self._train))
+        self._train = []  # next evaluation compares with the training loss since this one
         if train <= 0 or val <= 0:
             return None
         ratio = val / train
         if ratio > self.max_ratio:
-            return ((f"{self.val_metric} {val:.4g} is {ratio:.3g}x the epoch's mean {self.train_metric} "
+            return ((f"{self.val_metric} {val:.4g} is {ratio:.3g}x the mean {self.train_metric} "
                     f"{train:.4g} (bound {self.max_ratio:g}x)"),
                     {self.val_metric: val, self.train_metric: train, "ratio": ratio})
         return None
