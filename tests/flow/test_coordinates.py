@@ -93,8 +93,30 @@ def test_frame_is_carried_through(aa_peptide, aa_samples, perturb):
     flow = TransportFlow(rep, perturb(PerCoordinateFlow(rep.n_tokens).double(), scale=0.5))
     x = aa_samples[:4]
     y, _ = flow(x, 300.0, 450.0)
-    _, (x0, e1, e2), _ = rep.encode(x)
-    _, (y0, f1, f2), _ = rep.encode(y)
+    _, (x0, e1, e2, s1), _ = rep.encode(x)
+    _, (y0, f1, f2, s2), _ = rep.encode(y)
     torch.testing.assert_close(y0, x0)
     torch.testing.assert_close(f1, e1)
     torch.testing.assert_close(f2, e2)
+    torch.testing.assert_close(s2, s1)
+
+
+def test_relabelled_equivalent_hydrogens_share_coordinates(aa_peptide, aa_samples):
+    """Swapping the labels of H2/H3 (NH3+) or HB2/HB3 only flips carried signs, not tokens."""
+    rep = InternalCoordinates(aa_peptide.topology).fit(aa_samples)
+    names = [(a.name, a.residue.index) for a in aa_peptide.topology.atoms()]
+    perm = list(range(len(names)))
+    for a, b in ((("H2", 0), ("H3", 0)), (("HB2", 1), ("HB3", 1))):
+        i, j = names.index(a), names.index(b)
+        perm[i], perm[j] = perm[j], perm[i]
+    swapped = aa_samples[:, perm]
+    z1, f1, _ = rep._raw(aa_samples)
+    z2, f2, _ = rep._raw(swapped)
+    # the two tokens exchange their (unstandardised) values; nothing else changes
+    pos = {int(atom): p for p, atom in enumerate(rep.zmatrix.order)}
+    tok = list(range(len(names)))
+    for i, j in enumerate(perm):
+        tok[pos[i]] = pos[j]
+    torch.testing.assert_close(z1, z2[:, tok])
+    assert int((f1[3] != f2[3]).sum(-1).max()) == 4  # four folded torsions changed sign
+    assert int(rep.folded.sum()) == 10  # CB, HA on each CA; H2, H3 on N; HB2, HB3 on each CB

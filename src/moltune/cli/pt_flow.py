@@ -94,11 +94,11 @@ def _train(args: argparse.Namespace) -> int:
     flow = {k: v for k, v in (("name", args.flow), ("representation", args.representation)) if v}
     test = getattr(args, "test_data", None)
     data = {k: v for k, v in (("train_dir", args.data), ("test_dir", test)) if v and v != "none"}
-    overrides = dict(
-        epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        validate=args.validate, max_minutes=args.max_minutes, seed=args.seed, threads=args.threads,
-        flow=flow or None, data=data or None,
-    )  # fmt: skip
+    overrides = {
+        "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "validate": args.validate, "max_minutes": args.max_minutes, "seed": args.seed, "threads": args.threads,
+        "flow": flow or None, "data": data or None,
+    }  # fmt: skip
     if args.epochs is not None or args.steps is not None:
         # an explicit limit replaces the preset's other count limit (time still applies)
         overrides["steps" if args.epochs is not None else "epochs"] = None

@@ -17,11 +17,15 @@ Internal coordinates (:class:`InternalCoordinates`): a Z-matrix built from the t
 atoms are placed first (backbone N, CA, C before side chains), hydrogens last. Atom ``i`` is
 placed from three earlier atoms ``(j, k, l)``: bond ``i-j``, angle ``i-j-k``, torsion
 ``i-j-k-l``. When ``j`` already has an earlier-placed neighbour ``s != k``, ``l = s``: the torsion
-is then measured relative to a sibling (about 120 or 180 degrees, stiff), so only the truly
+is then measured relative to a sibling (about +-120 or 180 degrees, stiff), so only the truly
 rotatable torsions (for AA: psi1, phi2, the NH3 rotor, two methyl rotors, the carboxylate) are
 periodic ``CIRCULAR`` slots; omega (the peptide bond) stays an ``AFFINE`` slot. Atoms 0, 1, 2
 define the frame: the position of atom 0, the direction 0->1, and the plane of atoms 0, 1, 2
 (six external degrees of freedom); their bond lengths and the angle of atom 2 are free.
+A sibling torsion at a tetrahedral centre is about +120 or -120 degrees depending only on how
+equivalent atoms are *labelled* (H2/H3 of NH3+ or CH3 swap sign between two runs built
+alike); its token is the magnitude |phi| and the sign is carried with the frame, so both
+labellings share one coordinate (the map |phi| -> sign * |phi| has unit Jacobian).
 The Jacobian is analytic: ``|det dx/d(frame, q)| = prod_i r_i^2 sin(theta_i)`` (times a factor
 of the frame's orientation that cancels).
 
@@ -79,6 +83,7 @@ class ZMatrix:
     ref: np.ndarray  # [N, 3] build positions of (j, k, l), -1 where unused
     circular: np.ndarray  # [N] bool: the torsion of this atom is a free rotor (periodic)
     symmetry: np.ndarray  # [N] int: rotor symmetry (1, 2, 3) of circular torsions
+    folded: np.ndarray  # [N] bool: sibling torsion at a tetrahedral centre (about +-120 deg)
 
 
 def _graph(topology) -> tuple[list[set[int]], list]:
@@ -129,6 +134,7 @@ def build_zmatrix(topology) -> ZMatrix:
 
     ref = -np.ones((n, 3), dtype=np.int64)
     circular = np.zeros(n, dtype=bool)
+    folded = np.zeros(n, dtype=bool)
     symmetry = np.ones(n, dtype=np.int64)
     for p, i in enumerate(order):
         if p == 0:
@@ -137,7 +143,10 @@ def build_zmatrix(topology) -> ZMatrix:
         if p == 1:
             ref[p, 0] = placed[j]
             continue
-        earlier = lambda a: [b for b in sorted(nbrs[a], key=placed.get) if placed[b] < p]
+
+        def earlier(a: int, p: int = p) -> list[int]:
+            return [b for b in sorted(nbrs[a], key=placed.get) if placed[b] < p]
+
         k = parent[j] if parent[j] >= 0 else next(b for b in earlier(j) if b != i)
         if p == 2:
             ref[p, :2] = placed[j], placed[k]
@@ -151,10 +160,11 @@ def build_zmatrix(topology) -> ZMatrix:
                 cands = [b for b in order[:p] if b not in (i, j, k)]
             l, proper = (parent[k] if parent[k] not in (-1, j) else cands[0]), True
         ref[p] = placed[j], placed[k], placed[l]
+        folded[p] = not proper and len(nbrs[j]) == 4
         if proper and not _is_peptide_bond(atoms[j], atoms[k]):
             circular[p] = True
             symmetry[p] = _rotor_symmetry(i, j, nbrs, atoms)
-    return ZMatrix(np.array(order), ref, circular, symmetry)
+    return ZMatrix(np.array(order), ref, circular, symmetry, folded)
 
 
 def _is_peptide_bond(a, b) -> bool:
@@ -326,6 +336,8 @@ class InternalCoordinates(Representation):
         self.register_buffer("ref", torch.as_tensor(zm.ref))
         self.register_buffer("torsion_slot", torch.zeros(n, 3, dtype=torch.bool))
         self.torsion_slot[3:, 2] = True
+        self.register_buffer("folded", torch.as_tensor(zm.folded))
+        self.torsion_slot[:, 2] &= ~self.folded  # |phi| in (0, pi) is not periodic
         # placement levels: atoms of one level depend only on atoms of earlier levels
         level = np.zeros(n, dtype=np.int64)
         for p in range(3, n):
@@ -347,20 +359,24 @@ class InternalCoordinates(Representation):
         raw[:, 1:, 0] = r
         theta = bond_angle(xo[:, 2:], xo[:, ref[2:, 0]], xo[:, ref[2:, 1]])
         raw[:, 2:, 1] = theta
-        raw[:, 3:, 2] = dihedral(xo[:, 3:], xo[:, ref[3:, 0]], xo[:, ref[3:, 1]], xo[:, ref[3:, 2]])
+        phi = dihedral(xo[:, 3:], xo[:, ref[3:, 0]], xo[:, ref[3:, 1]], xo[:, ref[3:, 2]])
+        fold = self.folded[3:]
+        raw[:, 3:, 2] = torch.where(fold, phi.abs(), phi)
+        sign = torch.where(fold & (phi < 0), -1.0, 1.0).to(x.dtype)
         # frame: position of atom 0, direction 0->1, in-plane unit vector of atom 2
         j2, k2 = int(ref[2, 0]), int(ref[2, 1])
         axis = _unit(xo[:, k2] - xo[:, j2])
         v = xo[:, 2] - xo[:, j2]
         e_perp = _unit(v - (v * axis).sum(-1, keepdim=True) * axis)
-        frame = (xo[:, 0], _unit(xo[:, 1] - xo[:, 0]), e_perp)
+        frame = (xo[:, 0], _unit(xo[:, 1] - xo[:, 0]), e_perp, sign)
         ld = -(2 * torch.log(r).sum(-1) + torch.log(torch.sin(theta).abs()).sum(-1))
         return raw, frame, ld
 
     def _unraw(self, raw: torch.Tensor, frame):
-        x0, e1, e_perp = frame
+        x0, e1, e_perp, sign = frame
         B, n = raw.shape[0], raw.shape[1]
-        r, theta, phi = raw[..., 0], raw[..., 1], raw[..., 2]
+        r, theta = raw[..., 0], raw[..., 1]
+        phi = torch.cat([raw[:, :3, 2], raw[:, 3:, 2] * sign.to(raw.dtype)], dim=1)
         xo = raw.new_zeros(B, n, 3)
         x1 = x0 + r[:, 1, None] * e1
         xo = xo.index_copy(1, torch.tensor([0, 1], device=raw.device), torch.stack([x0, x1], 1))

@@ -172,7 +172,7 @@ class AutoregressiveBlock(nn.Module):
         yp = y[:, perm]
         ctx = self._context(rep, perm, cond)
         kinds, syms = kind.tolist(), sym.tolist()
-        caches = [dict() for _ in self.layers]
+        caches = [{} for _ in self.layers]
         prev = ctx.new_zeros(yp.shape[0], N_FEATURES)
         inputs, xs, lds = [], [], []
         for p in range(yp.shape[1]):
@@ -222,7 +222,7 @@ class TarFlow(nn.Module):
                 scale_bound=scale_bound,
                 atom_embeddings=atom_embeddings,
                 mlp_ratio=mlp_ratio,
-            )  # fmt: skip
+            )
             for b in range(n_blocks)
         )
 

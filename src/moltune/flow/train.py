@@ -53,6 +53,7 @@ class DataConfig:
     val_pairs: int = 2000  # validation pairs per temperature pair
     val_fraction: float = 0.1  # held-out tail when test_dir is None
     max_frames: int | None = None  # at most this many frames per temperature for training
+    reload_every_epoch: bool = False  # re-read train_dir each epoch (PT run still growing)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     batch_size: int = 128
     lr: float = 2e-3
+    fast_lr_factor: float = 10.0  # learning-rate factor of the per-coordinate layer
+    moment_start: bool = True  # start the per-coordinate layer from a Gaussian (ML) fit
     weight_decay: float = 0.0
     warmup_steps: int = 50
     min_lr_fraction: float = 0.05
@@ -87,11 +90,11 @@ def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
 
     kwargs: dict[str, Any] = {}
     if cfg.name == "tarflow":
-        kwargs = dict(
-            n_blocks=cfg.n_blocks, d_model=cfg.d_model, n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads, mlp_ratio=cfg.mlp_ratio, scale_bound=cfg.scale_bound,
-            atom_embeddings=cfg.atom_embeddings, per_coordinate=cfg.per_coordinate,
-        )  # fmt: skip
+        kwargs = {
+            "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads, "mlp_ratio": cfg.mlp_ratio, "scale_bound": cfg.scale_bound,
+            "atom_embeddings": cfg.atom_embeddings, "per_coordinate": cfg.per_coordinate,
+        }  # fmt: skip
     return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 
 
@@ -126,12 +129,12 @@ def _callbacks(cfg: TrainConfig, run) -> list:
     from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: F401
 
     callbacks: list = []
-    kwargs = dict(
-        dirpath=run.checkpoints, filename="step{step:06d}-acc{val/acceptance_flow:.4f}",
-        auto_insert_metric_name=False, save_last=True, save_top_k=cfg.top_k,
-        monitor="val/acceptance_flow" if cfg.validate else None, mode="max",
-        every_n_train_steps=cfg.val_every_steps if cfg.validate else None,
-    )  # fmt: skip
+    kwargs = {
+        "dirpath": run.checkpoints, "filename": "step{step:06d}-acc{val/acceptance_flow:.4f}",
+        "auto_insert_metric_name": False, "save_last": True, "save_top_k": cfg.top_k,
+        "monitor": "val/acceptance_flow" if cfg.validate else None, "mode": "max",
+        "every_n_train_steps": cfg.val_every_steps if cfg.validate else None,
+    }  # fmt: skip
     if not cfg.validate:
         kwargs.update(save_top_k=1, filename="step{step:06d}")
     try:
@@ -174,6 +177,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         train_data, test_data, pairs, cfg.batch_size, cfg.data.val_pairs, cfg.data.val_fraction,
         cfg.seed,
     )  # fmt: skip
+    if cfg.data.reload_every_epoch:
+        dm.reload = lambda: _subsample(
+            _load(cfg.data.train_dir, "training data"), cfg.data.max_frames
+        )
     flow = build_flow(cfg.flow, train_data.topology)
     if hasattr(flow, "representation"):
         frames = np.concatenate(
@@ -190,8 +197,10 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         flow, energy, dm.reference_energies(), lr=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_steps, total_steps=total,
         grad_clip=cfg.grad_clip, cut_kT=cfg.energy_cut_kT, min_lr_fraction=cfg.min_lr_fraction,
+        fast_lr_factor=cfg.fast_lr_factor,
         hparams={"moltune": meta},
     )  # fmt: skip
+    previous = _read_metrics(run.metrics) if resume else None  # CSVLogger truncates the file
     logger = CSVLogger(save_dir=str(run.path), name="", version="")
     trainer = L.Trainer(
         accelerator=cfg.accelerator, devices=1, logger=logger, callbacks=_callbacks(cfg, run),
@@ -203,6 +212,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         limit_val_batches=1.0 if cfg.validate else 0,
         num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()], deterministic=False, enable_progress_bar=True,
+        reload_dataloaders_every_n_epochs=1 if cfg.data.reload_every_epoch else 0,
     )  # fmt: skip
     log.info(
         "training %s/%s (%d parameters) on %s pairs %s; %d steps per epoch",
@@ -210,16 +220,28 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         cfg.data.train_dir, dm.pairs, steps_per_epoch,
     )  # fmt: skip
     t0 = time.time()
-    if cfg.validate:
-        trainer.validate(module, datamodule=dm, verbose=False)  # step-0 (identity) figures
+    start: dict[str, Any] = {}
+    if not resume:
+        module.step0 = identity_check(module, dm)
+        if cfg.validate:  # step-0 figures of the map at initialisation (the identity)
+            trainer.validate(module, datamodule=dm, verbose=False)
+            start["identity_val_acceptance"] = _metric(trainer, "val/acceptance_flow")
+        if cfg.moment_start and moment_start(flow, dm):
+            start["moment_start"] = True
+            if cfg.validate:
+                trainer.validate(module, datamodule=dm, verbose=False)
+                start["moment_start_val_acceptance"] = _metric(trainer, "val/acceptance_flow")
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     elapsed = time.time() - t0
     if cfg.validate and trainer.global_step % cfg.val_every_steps != 0:
         trainer.validate(module, datamodule=dm, verbose=False)
+    logger.save()
+    if previous is not None:
+        _merge_metrics(run.metrics, previous)
     summary = {
         "steps": trainer.global_step, "epochs": trainer.current_epoch,
         "minutes": elapsed / 60, "skipped_steps": int(module.skipped_steps),
-        "step0": module.step0, "n_parameters": meta["n_parameters"],
+        "step0": module.step0, "start": start, "n_parameters": meta["n_parameters"],
         "versions": package_versions(),
     }  # fmt: skip
     write_json(run.path / "train_summary.json", summary)
@@ -229,6 +251,70 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         "run folder: %s (%s)", run.path, json.dumps({k: summary[k] for k in ("steps", "minutes")})
     )
     return run.path
+
+
+def _metric(trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
+
+
+@torch.no_grad()
+def identity_check(module, dm) -> dict[str, float]:
+    """Step-0 losses of the untrained flow on one training batch beside the identity's values.
+
+    For the identity map the forward loss is b_t <U(x)>_s and the inverse loss b_s <U(y)>_t;
+    a flow that starts as the identity must reproduce both (to float precision).
+    """
+    from moltune.physics.units import beta
+
+    x, y, ts, tt = next(iter(dm.train_dataloader()))
+    terms = module._terms(x, y, ts, tt)
+    u_x, u_y = module.energy(x.double()), module.energy(y.double())
+    out = {
+        "loss_forward": float(terms.loss_forward.mean()),
+        "loss_inverse": float(terms.loss_inverse.mean()),
+        "identity_loss_forward": float((beta(tt.double()) * u_x).mean()),
+        "identity_loss_inverse": float((beta(ts.double()) * u_y).mean()),
+    }
+    log.info("step-0 losses %s", json.dumps(out))
+    return out
+
+
+@torch.no_grad()
+def moment_start(flow, dm) -> bool:
+    """Initialise the per-coordinate layer from the first pair's per-coordinate moments."""
+    import math
+
+    from moltune.flow.models import PerCoordinateFlow
+
+    layers = [m for m in flow.modules() if isinstance(m, PerCoordinateFlow)]
+    if not layers or flow.representation.name != "internal":
+        return False
+    p = dm.train_sets[0]
+    rep = flow.representation
+    z_s = rep.encode(p.x.double())[0]
+    z_t = rep.encode(p.y.double())[0]
+    layers[0].fit_moments(z_s, z_t, math.log(p.t_target_K / p.t_source_K), rep)
+    return True
+
+
+def _read_metrics(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _merge_metrics(path: Path, previous) -> None:
+    """Put the rows of the interrupted run back in front of the resumed run's rows."""
+    import pandas as pd
+
+    from moltune.common.io import atomic_path
+
+    new = pd.read_csv(path) if path.exists() else previous.iloc[:0]
+    first = new["step"].min() if len(new) else np.inf
+    merged = pd.concat([previous[previous["step"] < first], new], ignore_index=True)
+    with atomic_path(path) as tmp:
+        merged.to_csv(tmp, index=False)
 
 
 def plot_run(run_path: str | Path) -> list[Path]:
