@@ -40,3 +40,23 @@ def test_compare_needs_two(tmp_path):
     (tmp_path / "r" / "metrics.csv").write_text("epoch,step,val/loss\n0,0,1.0\n")
     assert main(["runs", "compare", str(tmp_path / "r"), "--metric", "val/loss",
                  "--out", str(tmp_path / "o")]) == 2
+
+
+def _strict(path):
+    def refuse(const):
+        raise ValueError(f"{path}: non-standard JSON constant {const}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_outputs_are_strict_json_even_for_a_nan_run(runs, tmp_path):
+    """The transport run has NaN validation: every JSON file must still parse strictly."""
+    run = runs("transport")
+    assert main(["runs", "diagnose", str(run), "--out", str(tmp_path)]) == 0
+    assert main(["runs", "overfitting", str(run), "--out", str(tmp_path)]) == 0
+    data = _strict(tmp_path / "overfitting.json")
+    assert "nan" in [r["val"] for r in data["ratio_series"]]
+    _strict(tmp_path / "diagnosis.json")
+    stopped = runs("explode")
+    for name in ("stopped.json", "redflags.json"):
+        _strict(stopped / name)

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 
 from moltune.common.errors import InputFileError, InvalidInputError
-from moltune.common.io import atomic_path, write_json, write_text
+from moltune.common.io import atomic_path, write_text
 from moltune.validation import logs, stats
+from moltune.validation.serialize import write_strict_json
 
 
 @dataclass
@@ -255,7 +256,7 @@ def write_comparison(c: Comparison, out_dir: str | Path) -> dict[str, Path]:
             pd.DataFrame(rows).to_csv(tmp, index=False)
         paths[name] = out / name
     paths["comparison.md"] = write_text(out / "comparison.md", to_markdown(c))
-    paths["comparison.json"] = write_json(out / "comparison.json", c.as_dict())
+    paths["comparison.json"] = write_strict_json(out / "comparison.json", c.as_dict())
     paths["plot"] = comparison_plot({g.group: g.values for g in c.groups},
                                     {g.group: (g.ci_low, g.ci_high) for g in c.groups}, c.metric,
                                     out / "comparison.png")

@@ -37,8 +37,9 @@ import numpy as np
 from scipy import stats as sps
 
 from moltune.common.errors import InvalidInputError
-from moltune.common.io import write_json, write_text
+from moltune.common.io import write_text
 from moltune.validation import stats
+from moltune.validation.serialize import write_strict_json
 
 EXPECTATIONS = {
     "reference": "the reference",
@@ -275,7 +276,7 @@ def write_report(rep: ControlReport, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     return {
         "markdown": write_text(out / "controls.md", to_markdown(rep)),
-        "json": write_json(out / "controls.json", rep.as_dict()),
+        "json": write_strict_json(out / "controls.json", rep.as_dict()),
         "plot": comparison_plot({r.name: r.values for r in rep.results},
                                 {r.name: (r.ci_low, r.ci_high) for r in rep.results}, rep.metric,
                                 out / "controls.png"),

@@ -49,10 +49,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moltune.common.io import write_json, write_text
+from moltune.common.io import write_text
 from moltune.validation import logs
 from moltune.validation.monitors import kendall_trend, trend
 from moltune.validation.overfitting import detect_overfitting
+from moltune.validation.serialize import write_strict_json
 from moltune.validation.vocabulary import FINDINGS, SEVERITIES, sort_key
 
 DIRECTIONS = {
@@ -791,6 +792,6 @@ def run_diagnosis(path: str | Path, out: str | Path | None = None, cfg: Diagnose
     run = logs.load_run(path, wandb_run)
     out_dir = Path(out) if out is not None else run.path
     d = diagnose_run(run, cfg, out_dir / "plots")
-    write_json(out_dir / "diagnosis.json", d.as_json())
+    write_strict_json(out_dir / "diagnosis.json", d.as_json())
     write_text(out_dir / "diagnosis.md", to_markdown(d))
     return d

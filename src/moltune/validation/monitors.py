@@ -39,7 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from moltune.common.io import write_json, write_text
+from moltune.common.io import write_text
+from moltune.validation.serialize import write_strict_json
 
 log = logging.getLogger(__name__)
 
@@ -271,13 +272,13 @@ def _record(trainer, event: RedFlag, run_dir: Path | None) -> None:
             event.last_good_checkpoint = _last_good_checkpoint(trainer)
             _STOPS[trainer] = event
             if run_dir is not None and getattr(trainer, "is_global_zero", True):
-                write_json(run_dir / STOPPED_FILE, asdict(event))
+                write_strict_json(run_dir / STOPPED_FILE, asdict(event))
                 write_text(run_dir / STOPPED_REPORT, _stopped_report(event, run_dir))
         log.error("red flag (stop) %s at step %d: %s", event.monitor, event.step, event.message)
     else:
         log.warning("red flag (warn) %s at step %d: %s", event.monitor, event.step, event.message)
     if run_dir is not None and getattr(trainer, "is_global_zero", True):
-        write_json(run_dir / REDFLAGS_FILE, [asdict(e) for e in _EVENTS[trainer]])
+        write_strict_json(run_dir / REDFLAGS_FILE, [asdict(e) for e in _EVENTS[trainer]])
 
 
 # --------------------------------------------------------------------------- base monitor

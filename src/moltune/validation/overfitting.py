@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from moltune.common.errors import InvalidInputError
-from moltune.common.io import write_json
 from moltune.validation import logs
+from moltune.validation.serialize import write_strict_json
 
 DEFAULT_THRESHOLD = 1.5
 
@@ -122,5 +122,5 @@ def run_overfitting(path: str | Path, threshold: float = DEFAULT_THRESHOLD, out:
         result.recommended_epoch, out_dir / "plots" / "overfitting.png")
     data = result.as_dict() | {"run": str(run.path), "log": str(run.log_path),
                                "plot": str(plot.relative_to(out_dir))}
-    write_json(out_dir / "overfitting.json", data)
+    write_strict_json(out_dir / "overfitting.json", data)
     return result, out_dir / "overfitting.json"
