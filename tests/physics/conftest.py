@@ -45,42 +45,44 @@ def _md_snapshots(topology, system, x0, rng_seed: int, n_per_t: int = 2, steps: 
     return np.asarray(frames, dtype=np.float64)
 
 
-@pytest.fixture(scope="session")
-def energy_test_system():
-    """Factory ``get(name, solvent="obc2") -> dict`` (cached for the session).
+def build_energy_test_data(name: str, solvent: str = "obc2", peptide=None) -> dict:
+    """Test configurations of peptide ``name`` and their OpenMM Reference energies/forces.
 
     Keys: ``topology``, ``system``, ``x`` [M, N, 3] nm (minimised structure, MD snapshots at
-    300/670/1000 K, perturbed snapshots), ``labels`` (what each row is), ``u_ref`` [M] kJ/mol and
-    ``f_ref`` [M, N, 3] kJ/mol/nm from OpenMM's Reference platform.
+    300/670/1000 K, perturbed snapshots), ``labels`` (what each row is), ``u_ref`` [M] kJ/mol,
+    ``f_ref`` [M, N, 3] kJ/mol/nm (OpenMM Reference platform, float64) and ``peptide``.
     """
     from moltune.physics.forcefield import create_system
     from moltune.physics.openmm_energy import OpenMMEnergy
     from moltune.physics.peptide import build_peptide
 
+    if peptide is None:
+        seq, caps = ENERGY_PEPTIDES[name]
+        peptide = build_peptide(seq, caps=caps)
+    system = create_system(peptide.topology, solvent=solvent)
+    seed = 1 + list(ENERGY_PEPTIDES).index(name)
+    md = _md_snapshots(peptide.topology, system, peptide.positions_nm, rng_seed=seed)
+    rng = np.random.default_rng(seed)
+    perturbed = [md + rng.normal(0.0, s, md.shape) for s in ENERGY_PERTURBATION_NM]
+    x = np.concatenate([peptide.positions_nm[None], md, *perturbed])
+    labels = (["minimised"]
+              + [f"md {t:.0f} K" for t in ENERGY_MD_TEMPERATURES_K for _ in range(2)]
+              + [f"md + N(0, {s} nm)" for s in ENERGY_PERTURBATION_NM for _ in md])
+    u_ref, f_ref = OpenMMEnergy(system).energy_and_forces(x)
+    return {"topology": peptide.topology, "system": system, "x": x, "labels": labels,
+            "u_ref": u_ref, "f_ref": f_ref, "peptide": peptide}
+
+
+@pytest.fixture(scope="session")
+def energy_test_system():
+    """Factory ``get(name, solvent="obc2") -> dict`` of :func:`build_energy_test_data` (cached)."""
     cache: dict = {}
-    peptides: dict = {}
 
     def get(name: str, solvent: str = "obc2") -> dict:
-        if (name, solvent) in cache:
-            return cache[(name, solvent)]
-        if name not in peptides:
-            seq, caps = ENERGY_PEPTIDES[name]
-            peptides[name] = build_peptide(seq, caps=caps)
-        pep = peptides[name]
-        system = create_system(pep.topology, solvent=solvent)
-        seed = 1 + list(ENERGY_PEPTIDES).index(name)
-        md = _md_snapshots(pep.topology, system, pep.positions_nm, rng_seed=seed)
-        rng = np.random.default_rng(seed)
-        perturbed = [md + rng.normal(0.0, s, md.shape) for s in ENERGY_PERTURBATION_NM]
-        x = np.concatenate([pep.positions_nm[None], md, *perturbed])
-        labels = (["minimised"]
-                  + [f"md {t:.0f} K" for t in ENERGY_MD_TEMPERATURES_K for _ in range(2)]
-                  + [f"md + N(0, {s} nm)" for s in ENERGY_PERTURBATION_NM for _ in md])
-        u_ref, f_ref = OpenMMEnergy(system).energy_and_forces(x)
-        cache[(name, solvent)] = {
-            "topology": pep.topology, "system": system, "x": x, "labels": labels,
-            "u_ref": u_ref, "f_ref": f_ref, "peptide": pep,
-        }
+        if (name, solvent) not in cache:
+            other = next((v for (n, _), v in cache.items() if n == name), None)
+            cache[(name, solvent)] = build_energy_test_data(
+                name, solvent, peptide=None if other is None else other["peptide"])
         return cache[(name, solvent)]
 
     return get
