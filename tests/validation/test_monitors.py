@@ -223,3 +223,9 @@ def test_config_roundtrip_and_bad_action():
         GradNormMonitor(action="explode")
     with pytest.raises(KeyError):
         default_monitors({"energy_explosin": {}})
+    # the resolved config a run folder keeps (config.yaml) reads back to the same monitors
+    import yaml
+
+    from moltune.common.config import from_dict, to_yaml
+
+    assert from_dict(MonitorConfig, yaml.safe_load(to_yaml(MonitorConfig()))) == MonitorConfig()
