@@ -35,7 +35,9 @@ def _jacobian_logdet(fn, x: torch.Tensor) -> torch.Tensor:
     out = []
     for xi in x:
         J = torch.autograd.functional.jacobian(
-            lambda v: fn(v.view(1, *xi.shape))[0].reshape(-1), xi.reshape(-1), vectorize=True
+            lambda v, xi=xi: fn(v.view(1, *xi.shape))[0].reshape(-1),
+            xi.reshape(-1),
+            vectorize=True,
         )
         out.append(torch.linalg.slogdet(J)[1])
     return torch.stack(out)
