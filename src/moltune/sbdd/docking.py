@@ -524,11 +524,11 @@ def score_molecules(
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
-                except BrokenProcessPool:
+                except BrokenProcessPool as exc:
                     results[i] = DockingResult(
                         index=i, smiles=_smiles(mols[i]), status=STATUS_ERROR,
-                        message="a worker process died while this molecule was pending "
-                        "(crash inside Vina or out of memory)",
+                        message=f"worker pool failed before this molecule was scored ({exc}); "
+                        "a crash inside Vina, a failed receptor/map setup or out of memory",
                     )
                 bar.update()
     finally:
