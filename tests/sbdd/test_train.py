@@ -19,6 +19,17 @@ SPLIT = {"3rfm": "train", "1w1p": "train", "1fbh": "val", "8bch": "val"}
 pytestmark = pytest.mark.skipif(not COMPLEXES.is_dir(), reason="shared complexes not available")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # On a shared, oversubscribed CPU, two intra-op threads can be 1000x slower than one.
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from moltune.sbdd.data import load_processed_split, process_complexes

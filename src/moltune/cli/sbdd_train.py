@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--film-hidden-dims", type=int, nargs="+", default=[128])
     b.add_argument("--max-pockets", type=int, default=0, help="use the first N pockets only")
     b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared CPU more threads can be far slower)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_baselines)
 
@@ -98,7 +100,8 @@ def _baselines(args: argparse.Namespace) -> int:
                          finetuned=list(args.finetuned), split=args.split,
                          timesteps=args.timesteps, metric=args.metric,
                          film_hidden_dims=list(args.film_hidden_dims),
-                         max_pockets=args.max_pockets, progress=not args.no_progress)
+                         max_pockets=args.max_pockets, progress=not args.no_progress,
+                         threads=args.threads)
     res = run_baselines(cfg)
     print(open(f"{args.out}/baselines.md").read())
     return 0 if res["controls_passed"] else 1

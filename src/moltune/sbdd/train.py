@@ -291,6 +291,9 @@ class FinetuneModule(pl.LightningModule):
             losses.append(out.loss)
         loss = torch.stack(losses).mean()
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b)
+        # validation set size, for `moltune runs diagnose` (small-validation finding)
+        self.log("val/n_samples", float(b), on_step=False, on_epoch=True, reduce_fx="sum",
+                 batch_size=1)
         return loss
 
     def _ligand_pocket(self, batch):
