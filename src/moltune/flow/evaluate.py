@@ -9,8 +9,10 @@ and writes into ``out_dir``:
   importance-sampling ESS per direction, Ramachandran Jensen-Shannon divergence per direction,
   smallest interatomic distance per direction, the non-finite fraction and the round-trip
   (invertibility) RMSD;
-- ``details.json`` (Ramachandran JS noise floors, autocorrelation, per-direction counts) and ``per_frame.npz``;
-- ``ramachandran.png`` (source, target, T(source), T^-1(target)), ``energy_histograms.png``;
+- ``details.json`` (Ramachandran JS noise floors, autocorrelation, per-direction counts),
+  ``per_frame.npz``;
+- ``ramachandran.png`` (source, target, T(source), T^-1(target)) and
+  ``energy_histograms_{forward,inverse}.png`` (transformed frames against their reference);
 - ``report.md``: in plain words, whether the transport works and which direction fails.
 
 The pure-array part, :func:`evaluate_transport`, is what the tests exercise on known systems.
@@ -400,15 +402,13 @@ def _plots(out: Path, details: dict, arrays: dict) -> list[str]:
             panels[names[key]] = (phi[ok], psi[ok])
         plots.ramachandran(panels, out / "ramachandran.png")
         written.append("ramachandran.png")
-    energies = {
-        names["source"]: arrays["u_source"],
-        names["target"]: arrays["u_target"],
-        names["forward"]: arrays["u_forward"],
-        names["inverse"]: arrays["u_inverse"],
-    }
-    energies = {k: np.asarray(v)[np.isfinite(v)] for k, v in energies.items()}
-    plots.energy_histograms(energies, out / "energy_histograms.png")
-    written.append("energy_histograms.png")
+    # one figure per direction: transformed frames against the reference they should match
+    for direction, ref in (("forward", "target"), ("inverse", "source")):
+        sets = {names[ref]: arrays[f"u_{ref}"], names[direction]: arrays[f"u_{direction}"]}
+        sets = {k: np.asarray(v)[np.isfinite(v)] for k, v in sets.items()}
+        fname = f"energy_histograms_{direction}.png"
+        plots.energy_histograms(sets, out / fname)
+        written.append(fname)
     return written
 
 
