@@ -124,7 +124,8 @@ def test_identity_end_to_end(aa_data_dir, tmp_path):
     assert 0.08 < m["min_distance_nm"]["forward"] < 0.2
     for f in (
         "ramachandran.png",
-        "energy_histograms.png",
+        "energy_histograms_forward.png",
+        "energy_histograms_inverse.png",
         "report.md",
         "details.json",
         "per_frame.npz",
