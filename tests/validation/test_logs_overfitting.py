@@ -138,3 +138,36 @@ def test_wandb_history_prefers_lightning_global_step(tmp_path):
     assert sorted(t["metric"].unique()) == ["train/loss", "val/loss"]
     assert logs.step_series(t, "val/loss").index.tolist() == [49, 99]
     assert logs.epoch_series(t, "val/loss").tolist() == [1.1, 0.8]
+
+
+def test_validation_every_n_steps_uses_steps(tmp_path):
+    """One long epoch with validation every 25 steps (val_check_interval), flow-style checkpoints."""
+    from moltune.validation.diagnose import run_diagnosis
+
+    rows = ["epoch,step,train/loss,val/loss"]
+    for step in range(100):
+        rows.append(f"0,{step},{1.0 - 0.009 * step},")
+        if (step + 1) % 25 == 0:
+            rows.append(f"0,{step + 1},,{[0.95, 0.70, 0.75, 1.40][(step + 1) // 25 - 1]}")
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "checkpoints").mkdir()
+    for s in (25, 50, 75, 100):
+        (tmp_path / "checkpoints" / f"step{s:06d}-acc0.5000.ckpt").write_bytes(b"")
+    t = logs.read_metrics(tmp_path)
+    assert logs.timeline(t) == "step"
+    train = logs.series(t, "train/loss")
+    # training loss averaged over the window since the previous evaluation
+    assert train.index.tolist()[:4] == [25, 50, 75, 100]
+    assert train.loc[50] == pytest.approx(np.mean([1.0 - 0.009 * s for s in range(25, 50)]))
+    res = detect_overfitting(t, threshold=1.5,
+                             checkpoints=sorted((tmp_path / "checkpoints").glob("*.ckpt")))
+    ratios = [v / tr for v, tr in zip([0.95, 0.70, 0.75, 1.40], train.to_numpy()[:4])]
+    first = next(i for i, r in enumerate(ratios) if r > 1.5)
+    assert res.unit == "step" and res.first_overfit_step == [25, 50, 75, 100][first]
+    assert res.recommended_step == [25, 50, 75, 100][first - 1]
+    assert res.first_overfit_epoch == 0
+    assert res.recommended_checkpoint.endswith(f"step{res.recommended_step:06d}-acc0.5000.ckpt")
+    d = run_diagnosis(tmp_path)
+    over = next(f for f in d.findings if f.id == "overfitting")
+    assert over.evidence["best_step"] == 50 and over.evidence["recommended_step"] == res.recommended_step
+    assert d.summary["evaluations indexed by"] == "step"

@@ -77,7 +77,7 @@ class DiagnoseConfig:
     min_rel_improvement: float = 0.02
     min_improvement_z: float = 3.0
     min_train_points: int = 5  # epochs
-    min_train_steps: int = 20  # logged steps, when there are fewer epochs
+    min_train_steps: int = 100  # logged steps, when there are fewer epochs
     quality_floors: dict[str, float] = field(default_factory=lambda: {
         "val/connectivity": 0.5, "val/validity": 0.5, "val/acceptance_flow": 0.0})
     quality_drop: float = 0.5
@@ -138,17 +138,19 @@ class Diagnosis:
 
 
 class _Ctx:
-    """What the rules see: the run, its per-epoch series and the findings so far."""
+    """What the rules see: the run, its per-evaluation series (indexed by epoch, or by step when
+    validation ran every N steps: ``unit``) and the findings so far."""
 
     def __init__(self, run: logs.RunData, cfg: DiagnoseConfig):
         self.run, self.cfg = run, cfg
         self.m = run.metrics
         self.found: dict[str, Finding] = {}
         self._cache: dict[str, pd.Series] = {}
+        self.unit = logs.timeline(run.metrics)  # evaluations per "epoch", or every N "step"s
 
     def es(self, name: str) -> pd.Series:
         if name not in self._cache:
-            self._cache[name] = logs.epoch_series(self.m, name)
+            self._cache[name] = logs.series(self.m, name, self.unit)
         return self._cache[name]
 
     def has(self, name: str) -> bool:
@@ -235,15 +237,15 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
                ref_key: ref_value, kt_key: kt_value}
         if len(fin):
             ev["excess_kT_max"] = fin.max()
-            ev["epoch_of_max"] = int(fin.idxmax())
+            ev[f"{ctx.unit}_of_max"] = int(fin.idxmax())
             first = _first_epoch(excess, lambda v: math.isfinite(v) and v > cfg.explosion_kT)
             if first is not None:
                 fired = True
-                ev["first_epoch_above_bound"] = first
+                ev[f"first_{ctx.unit}_above_bound"] = first
         if len(nonfinite):
             fired = True
             ev["nonfinite_evaluations"] = len(nonfinite)
-            ev["first_nonfinite_epoch"] = int(nonfinite.index[0])
+            ev[f"first_nonfinite_{ctx.unit}"] = int(nonfinite.index[0])
     ref_word = "target" if direction == "forward" else "source"
     for k, v in eval_keys.items():
         ev[k] = v
@@ -287,8 +289,8 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
     ref_shown = ev.get(f"evaluation_reference_{ref_word}_kjmol", ref_value)
     title = (f"{direction.capitalize()} direction explodes: mean energy of {arrow} reaches "
              f"{peak_all:.3g} kJ/mol (reference {ref_shown:.4g} kJ/mol, kT {kt_value:.3g} kJ/mol)")
-    if "first_nonfinite_epoch" in ev:
-        title += f", non-finite from epoch {ev['first_nonfinite_epoch']}"
+    if f"first_nonfinite_{ctx.unit}" in ev:
+        title += f", non-finite from {ctx.unit} {ev[f'first_nonfinite_{ctx.unit}']}"
     if perfect:
         title += (f", while reconstruction RMSD is {ev['val/reconstruction_rmsd_nm_last']:.2g} nm "
                   "(looks perfect, proves only invertibility)")
@@ -326,19 +328,20 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
         dropped = best >= cfg.quality_min_best and last < best * (1 - cfg.quality_drop)
         if not (below or dropped):
             continue
-        ev: dict[str, Any] = {f"{metric}_best": best, "best_epoch": best_epoch, f"{metric}_last": last,
-                              "last_epoch": int(v.index[-1]), "floor": floor}
+        u = ctx.unit
+        ev: dict[str, Any] = {f"{metric}_best": best, f"best_{u}": best_epoch, f"{metric}_last": last,
+                              f"last_{u}": int(v.index[-1]), "floor": floor}
         first_below = _first_epoch(v.loc[best_epoch:], lambda x, f=floor: x < f)
         if first_below is not None:
-            ev["first_epoch_below_floor"] = first_below
+            ev[f"first_{u}_below_floor"] = first_below
         zero = _first_epoch(v, lambda x: x == 0)
         if zero is not None:
-            ev["first_epoch_at_zero"] = zero
+            ev[f"first_{u}_at_zero"] = zero
         loss_note = ""
         for split in ("train", "val"):
             ls = _finite(ctx.loss(split))
             if len(ls) and best_epoch in ls.index:
-                ev[f"{split}/loss_at_best_epoch"] = ls.loc[best_epoch]
+                ev[f"{split}/loss_at_best_{u}"] = ls.loc[best_epoch]
                 ev[f"{split}/loss_last"] = ls.iloc[-1]
         tl = _finite(ctx.loss("train"))
         if len(tl) >= 2:
@@ -346,8 +349,8 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
             ev["train/loss_last"] = tl.iloc[-1]
             if tl.iloc[-1] < tl.iloc[0]:
                 loss_note = f" while train loss fell {tl.iloc[0]:.3g} -> {tl.iloc[-1]:.3g}"
-        title = (f"{metric} collapsed from {best:.3g} (epoch {best_epoch}) to {last:.3g} "
-                 f"(epoch {int(v.index[-1])}){loss_note}")
+        title = (f"{metric} collapsed from {best:.3g} ({u} {best_epoch}) to {last:.3g} "
+                 f"({u} {int(v.index[-1])}){loss_note}")
         causes = [
             ("the loss does not measure this quality: the model optimises something the metric "
             "does not reward (e.g. per-atom positions without bonds)"),
@@ -355,7 +358,7 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
             "learning rate too high for fine-tuning",
         ]
         steps = [
-            f"select checkpoints on {metric}, not on loss (best was epoch {best_epoch})",
+            f"select checkpoints on {metric}, not on loss (best was {u} {best_epoch})",
             f"keep the quality_floor monitor for {metric} on action: stop",
             "lower the learning rate or regularise towards the pretrained model / identity adapter",
             "compare against controls (pretrained, identity adapter) with moltune.validation.controls",
@@ -442,9 +445,10 @@ def rule_adapter_drift(ctx: _Ctx) -> Finding | None:
     if not len(out):
         return None
     ev = {"adapter/gamma_mean_first": s.iloc[0], "adapter/gamma_mean_last": s.iloc[-1],
-          "first_epoch_outside": int(out.index[0]), "low": lo, "high": hi}
+          f"first_{ctx.unit}_outside": int(out.index[0]), "low": lo, "high": hi}
     return Finding("adapter_drift", "high",
-                   f"FiLM gamma mean left [{lo:g}, {hi:g}]: {s.iloc[-1]:.3g} at epoch {int(s.index[-1])}",
+                   f"FiLM gamma mean left [{lo:g}, {hi:g}]: {s.iloc[-1]:.3g} at {ctx.unit} "
+                   f"{int(s.index[-1])}",
                    ev, ["adapter learning rate too high", "no regularisation towards identity"],
                    ["regularise gamma towards 1 and beta towards 0", "lower the adapter learning rate"],
                    "quality")
@@ -523,17 +527,21 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
     ratio_high = positive and ratio_last > cfg.overfit_ratio
     if not (diverging or ratio_high):
         return None
-    ev: dict[str, Any] = {"val/loss_best": best, "best_epoch": best_epoch, "val/loss_last": last,
-                          "val_rise_from_best": rise, "train/loss_at_best_epoch": train.loc[best_epoch],
+    u = ctx.unit
+    ev: dict[str, Any] = {"val/loss_best": best, f"best_{u}": best_epoch, "val/loss_last": last,
+                          "val_rise_from_best": rise, f"train/loss_at_best_{u}": train.loc[best_epoch],
                           "train/loss_last": train.iloc[-1], "train_drop_after_best": train_drop}
     if positive:
         ev["val_train_ratio_last"] = ratio_last
     ov = detect_overfitting(ctx.m, cfg.overfit_threshold, checkpoints=ctx.run.checkpoints)
     ev["first_overfit_epoch"] = ov.first_overfit_epoch
     ev["recommended_epoch"] = ov.recommended_epoch
+    if u == "step":
+        ev["first_overfit_step"] = ov.first_overfit_step
+        ev["recommended_step"] = ov.recommended_step
     ev["overfit_threshold"] = cfg.overfit_threshold
     severity = "high"
-    title = (f"Overfitting: validation loss rose from {best:.4g} (epoch {best_epoch}) to {last:.4g} "
+    title = (f"Overfitting: validation loss rose from {best:.4g} ({u} {best_epoch}) to {last:.4g} "
              f"while training loss fell {train.loc[best_epoch]:.4g} -> {train.iloc[-1]:.4g}")
     if not diverging:
         title = f"Validation loss is {ratio_last:.3g}x the training loss at the end"
@@ -545,7 +553,7 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
         title += " (likely a symptom of the exploding direction, not of overfitting)"
     causes = ["too little training data for the model's capacity", "too many epochs",
               "too little regularisation (weight decay, dropout, augmentation)"]
-    steps = [(f"use the checkpoint of epoch {ev.get('recommended_epoch', best_epoch)} "
+    steps = [(f"use the checkpoint of {u} {ev.get(f'recommended_{u}', best_epoch)} "
              "(`moltune runs overfitting RUN`)"),
              "add data or augmentation, regularise, or stop earlier on validation loss"]
     return Finding("overfitting", severity, title, ev, causes, steps, "loss")
@@ -650,7 +658,7 @@ def _healthy(ctx: _Ctx) -> Finding:
 
 
 def summary(ctx: _Ctx) -> dict[str, Any]:
-    s: dict[str, Any] = {"log": str(ctx.run.log_path)}
+    s: dict[str, Any] = {"log": str(ctx.run.log_path), "evaluations indexed by": ctx.unit}
     m = ctx.m
     if len(m):
         s["steps"] = int(m["step"].max()) + 1
@@ -664,7 +672,7 @@ def summary(ctx: _Ctx) -> dict[str, Any]:
                 fin = _finite(ser)
                 s[f"{split}/{kind} first -> last"] = f"{_num(ser.iloc[0])} -> {_num(ser.iloc[-1])}"
                 if len(fin):
-                    s[f"{split}/{kind} best (epoch)"] = f"{_num(fin.min())} ({int(fin.idxmin())})"
+                    s[f"{split}/{kind} best ({ctx.unit})"] = f"{_num(fin.min())} ({int(fin.idxmin())})"
     for (e_key, ref_key, kt_key, _) in DIRECTIONS.values():
         e = ctx.es(e_key)
         if len(e):
@@ -715,7 +723,8 @@ def make_plots(ctx: _Ctx, plot_dir: Path) -> dict[str, str]:
         if lines:
             panels[kind.replace("_", " ")] = lines
     if panels:
-        out["loss"] = series_plot(panels, plot_dir / "diagnosis_loss.png", "losses per direction").name
+        out["loss"] = series_plot(panels, plot_dir / "diagnosis_loss.png", "losses per direction",
+                                  xlabel=ctx.unit).name
     energy_panels = {}
     for direction, (e_key, ref_key, _, _) in DIRECTIONS.items():
         lines = {k: ctx.es(k) for k in (e_key, ref_key) if len(ctx.es(k))}
@@ -723,11 +732,11 @@ def make_plots(ctx: _Ctx, plot_dir: Path) -> dict[str, str]:
             energy_panels[f"{direction}: energy of transformed samples vs reference (kJ/mol)"] = lines
     if energy_panels:
         out["energies"] = series_plot(energy_panels, plot_dir / "diagnosis_energies.png",
-                                      "energies over training").name
+                                      "energies over training", xlabel=ctx.unit).name
     q = {k: ctx.es(k) for k in (*QUALITY_PLOT_METRICS, "adapter/gamma_mean") if len(ctx.es(k))}
     if q:
         out["quality"] = series_plot({"quality metrics": q}, plot_dir / "diagnosis_quality.png",
-                                     "quality metrics over epochs").name
+                                     f"quality metrics over {ctx.unit}s", xlabel=ctx.unit).name
     return out
 
 

@@ -207,12 +207,18 @@ def has_metric(tidy: pd.DataFrame, name: str) -> bool:
     return bool({name, f"{name}_epoch", f"{name}_step"} & names)
 
 
+def _is_evaluation(name: str) -> bool:
+    return name.startswith("val/")
+
+
 def epoch_series(tidy: pd.DataFrame, name: str) -> pd.Series:
     """One value per epoch for ``name`` (index: epoch as int).
 
     Prefers ``name_epoch`` (Lightning's epoch aggregate), then ``name`` (last value logged in the
     epoch if it was logged once per epoch, else the mean over the epoch's steps, which stays NaN if
-    any step was NaN), then ``name_step`` (mean). When epochs are unknown, evaluations are numbered.
+    any step was NaN), then ``name_step`` (mean). An evaluation metric (``val/...``) evaluated
+    several times in an epoch keeps its last evaluation. When epochs are unknown, evaluations are
+    numbered.
     """
     names = set(tidy["metric"].unique())
     for candidate in (f"{name}_epoch", name, f"{name}_step"):
@@ -225,8 +231,10 @@ def epoch_series(tidy: pd.DataFrame, name: str) -> pd.Series:
             sub = sub.dropna(subset=["epoch"])
             grouped = sub.groupby(sub["epoch"].astype(int))["value"]
             counts = grouped.size()
-            agg = grouped.last() if (counts == 1).all() else grouped.apply(
-                lambda v: float(np.mean(v.to_numpy())))
+            if (counts == 1).all() or _is_evaluation(name):
+                agg = grouped.last()
+            else:
+                agg = grouped.apply(lambda v: float(np.mean(v.to_numpy())))
             agg.index.name = "epoch"
             agg.name = name
             return agg.astype(float)
@@ -243,6 +251,77 @@ def step_series(tidy: pd.DataFrame, name: str) -> pd.Series:
                           name=name)
             return s
     return pd.Series([], dtype=float, name=name, index=pd.Index([], name="step", dtype=int))
+
+
+def evaluation_steps(tidy: pd.DataFrame, prefix: str = "val/") -> np.ndarray:
+    """Sorted steps at which any ``prefix`` metric (validation) was logged."""
+    sub = tidy[tidy["metric"].str.startswith(prefix)]
+    return np.unique(sub["step"].to_numpy())
+
+
+def timeline(tidy: pd.DataFrame) -> str:
+    """``"epoch"`` when validation ran at most once per epoch (one value per epoch is the natural
+    unit), else ``"step"`` (validation every N steps, e.g. ``val_check_interval``)."""
+    val = tidy[tidy["metric"].str.startswith("val/")]
+    if not len(val) or val["epoch"].isna().all():
+        return "epoch"
+    per_epoch = val.dropna(subset=["epoch"]).groupby("epoch")["step"].nunique()
+    return "epoch" if (per_epoch <= 1).all() else "step"
+
+
+def window_series(tidy: pd.DataFrame, name: str) -> pd.Series:
+    """One value per evaluation step: an evaluation metric (``val/...``) is taken at its step (the
+    last if several); a training metric is averaged over the steps since the previous evaluation
+    (index: evaluation step)."""
+    evals = evaluation_steps(tidy)
+    names = set(tidy["metric"].unique())
+    for candidate in (name, f"{name}_step", f"{name}_epoch"):
+        if candidate in names:
+            sub = tidy[tidy["metric"] == candidate]
+            break
+    else:
+        return pd.Series([], dtype=float, name=name, index=pd.Index([], name="step", dtype=int))
+    steps = sub["step"].to_numpy()
+    values = sub["value"].to_numpy(dtype=float)
+    if len(evals) == 0:
+        return pd.Series(values, index=pd.Index(steps, name="step"), name=name)
+    if _is_evaluation(name):
+        labels = steps  # logged at the evaluation itself
+    else:
+        # Lightning logs training step k at step k and the evaluation after s steps at step s:
+        # the window of the evaluation at s is [previous evaluation, s)
+        ends = np.append(evals, max(int(steps.max()), int(evals[-1])) + 1)
+        labels = ends[np.searchsorted(evals, steps, side="right")]
+    df = pd.DataFrame({"label": labels, "value": values})
+    if _is_evaluation(name):
+        agg = df.groupby("label")["value"].last()
+    else:
+        agg = df.groupby("label")["value"].apply(lambda v: float(np.mean(v.to_numpy())))
+    agg.index.name = "step"
+    agg.name = name
+    return agg.astype(float)
+
+
+def series(tidy: pd.DataFrame, name: str, unit: str | None = None) -> pd.Series:
+    """One value per evaluation of ``name`` on the run's :func:`timeline` (epoch or step)."""
+    unit = unit or timeline(tidy)
+    return epoch_series(tidy, name) if unit == "epoch" else window_series(tidy, name)
+
+
+def evaluation_index(tidy: pd.DataFrame, unit: str, index) -> pd.DataFrame:
+    """Epoch and step of each evaluation in ``index`` (epochs or steps, as ``unit`` says)."""
+    val = tidy[tidy["metric"].str.startswith("val/")]
+    rows = []
+    for i in index:
+        if unit == "epoch":
+            sub = val[val["epoch"] == i]
+            step = int(sub["step"].max()) if len(sub) else None
+            rows.append((int(i), step))
+        else:
+            sub = val[val["step"] == i]
+            ep = sub["epoch"].dropna()
+            rows.append((int(ep.iloc[-1]) if len(ep) else None, int(i)))
+    return pd.DataFrame(rows, columns=["epoch", "step"])
 
 
 def first_step_of_epoch_value(tidy: pd.DataFrame, name: str, epoch: int) -> int | None:
@@ -363,7 +442,7 @@ def load_run(path: str | Path, run: str | None = None) -> RunData:
 
 
 _CKPT_EPOCH = re.compile(r"epoch=(\d+)")
-_CKPT_STEP = re.compile(r"step=(\d+)")
+_CKPT_STEP = re.compile(r"step=?(\d+)")
 
 
 def checkpoint_epoch(path: Path) -> int | None:

@@ -1,8 +1,9 @@
 """Overfitting: the first evaluation where validation loss pulls away from training loss.
 
-Rule: per epoch, ``ratio = val_loss / train_loss`` (train loss: the epoch's aggregate). The first
-epoch with ``ratio > threshold`` is ``first_overfit_epoch``; the recommended checkpoint is the
-evaluation just before it. When the ratio never passes the threshold, the recommendation is the
+Rule: at each evaluation, ``ratio = val_loss / train_loss`` (train loss: the epoch's aggregate,
+or its mean since the previous evaluation when validation runs every N steps). The epoch of the
+first evaluation with ``ratio > threshold`` is ``first_overfit_epoch`` (``first_overfit_step`` its
+step); the recommended checkpoint is the evaluation just before it. When the ratio never passes the threshold, the recommendation is the
 epoch of lowest validation loss. Losses that are not all positive (e.g. negative log-likelihoods)
 make a ratio meaningless; then the rule uses the difference ``val_loss - train_loss`` (mode
 ``difference``; the threshold is then in loss units).
@@ -38,27 +39,42 @@ class OverfitResult:
     best_val_epoch: int | None
     recommended_checkpoint: str | None = None
     message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    unit: str = "epoch"  # evaluations are per epoch, or every N steps
+    steps: list[int | None] = field(default_factory=list)
+    first_overfit_step: int | None = None
+    recommended_step: int | None = None
+
+    @property
+    def index(self) -> list:
+        """The x axis: epochs, or steps when validation ran several times per epoch."""
+        return self.steps if self.unit == "step" else self.epochs
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "first_overfit_epoch": self.first_overfit_epoch,
             "recommended_epoch": self.recommended_epoch,
+            "first_overfit_step": self.first_overfit_step,
+            "recommended_step": self.recommended_step,
             "recommended_checkpoint": self.recommended_checkpoint,
             "best_val_epoch": self.best_val_epoch,
             "threshold": self.threshold,
             "mode": self.mode,
+            "unit": self.unit,
             "message": self.message,
-            "ratio_series": [{"epoch": e, "train": t, "val": v, "ratio": r}
-                             for e, t, v, r in zip(self.epochs, self.train, self.val, self.ratio)],
+            "ratio_series": [{"epoch": e, "step": s, "train": t, "val": v, "ratio": r}
+                             for e, s, t, v, r in zip(self.epochs, self.steps, self.train, self.val,
+                                                      self.ratio)],
         }
 
 
 def aligned_losses(tidy: pd.DataFrame, train_metric: str = "train/loss",
-                   val_metric: str = "val/loss") -> tuple[pd.Series, pd.Series]:
-    """Per-epoch train and validation loss on the epochs where validation ran."""
-    train = logs.epoch_series(tidy, train_metric)
-    val = logs.epoch_series(tidy, val_metric)
+                   val_metric: str = "val/loss", unit: str | None = None
+                   ) -> tuple[pd.Series, pd.Series]:
+    """Train and validation loss at each evaluation (per epoch, or per evaluation step with the
+    training loss averaged since the previous evaluation; see ``logs.timeline``)."""
+    unit = unit or logs.timeline(tidy)
+    train = logs.series(tidy, train_metric, unit)
+    val = logs.series(tidy, val_metric, unit)
     common = val.index.intersection(train.index)
     return train.loc[common].astype(float), val.loc[common].astype(float)
 
@@ -67,7 +83,8 @@ def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
                        train_metric: str = "train/loss", val_metric: str = "val/loss",
                        mode: str = "auto", checkpoints: list[Path] | None = None) -> OverfitResult:
     """Apply the rule above to a tidy metrics table (see :mod:`moltune.validation.logs`)."""
-    train, val = aligned_losses(tidy, train_metric, val_metric)
+    unit = logs.timeline(tidy)
+    train, val = aligned_losses(tidy, train_metric, val_metric, unit)
     if len(val) == 0:
         raise InvalidInputError(
             f"no epoch has both {train_metric!r} and {val_metric!r}; logged metrics: "
@@ -83,27 +100,39 @@ def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
         ratio = val - train
     else:
         raise InvalidInputError(f"unknown mode {mode!r}; use auto, ratio or difference")
-    epochs = [int(e) for e in val.index]
-    first = next((e for e, r in zip(epochs, ratio.to_numpy()) if math.isfinite(r) and r > threshold),
-                 None)
+    at = logs.evaluation_index(tidy, unit, val.index)
+    epochs = [None if pd.isna(e) else int(e) for e in at["epoch"]]
+    steps = [None if pd.isna(s) else int(s) for s in at["step"]]
+    keys = [int(i) for i in val.index]  # epochs or steps, as ``unit`` says
     vals = val.to_numpy()
-    best = epochs[int(np.nanargmin(np.where(np.isfinite(vals), vals, np.nan)))] if finite.any() else None
-    if first is None:
-        recommended = best
+    pos = next((i for i, r in enumerate(ratio.to_numpy()) if math.isfinite(r) and r > threshold), None)
+    best_pos = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.nan))) if finite.any() else None
+    if pos is None:
+        rec_pos = best_pos
         message = (f"validation/train {'ratio' if mode == 'ratio' else 'difference'} never passed "
-                   f"{threshold:g}; recommended: lowest validation loss (epoch {best})")
+                   f"{threshold:g}; recommended: lowest validation loss ({unit} "
+                   f"{keys[best_pos] if best_pos is not None else None})")
     else:
-        earlier = [e for e, v in zip(epochs, vals) if e < first and math.isfinite(v)]
-        recommended = earlier[-1] if earlier else None
-        message = (f"first evaluation past the threshold: epoch {first}; "
-                   + (f"use the checkpoint of epoch {recommended}" if recommended is not None
+        earlier = [i for i in range(pos) if math.isfinite(vals[i])]
+        rec_pos = earlier[-1] if earlier else None
+        message = (f"first evaluation past the threshold: {unit} {keys[pos]}; "
+                   + (f"use the checkpoint of {unit} {keys[rec_pos]}" if rec_pos is not None
                       else "already past it at the first evaluation; no earlier checkpoint"))
+
+    def pick(lst, i):
+        return None if i is None else lst[i]
+
     ckpt = None
-    if recommended is not None and checkpoints:
-        matches = [p for p in checkpoints if logs.checkpoint_epoch(p) == recommended]
+    if rec_pos is not None and checkpoints:
+        if unit == "step":
+            matches = [p for p in checkpoints if logs.checkpoint_step(p) == steps[rec_pos]]
+        else:
+            matches = [p for p in checkpoints if logs.checkpoint_epoch(p) == epochs[rec_pos]]
         ckpt = str(matches[-1]) if matches else None
     return OverfitResult(threshold, mode, epochs, [float(x) for x in train], [float(x) for x in val],
-                         [float(x) for x in ratio], first, recommended, best, ckpt, message)
+                         [float(x) for x in ratio], pick(epochs, pos), pick(epochs, rec_pos),
+                         pick(epochs, best_pos), ckpt, message, unit=unit, steps=steps,
+                         first_overfit_step=pick(steps, pos), recommended_step=pick(steps, rec_pos))
 
 
 def run_overfitting(path: str | Path, threshold: float = DEFAULT_THRESHOLD, out: str | Path | None = None,
@@ -116,10 +145,14 @@ def run_overfitting(path: str | Path, threshold: float = DEFAULT_THRESHOLD, out:
     run = logs.load_run(path, wandb_run)
     result = detect_overfitting(run.metrics, threshold, train_metric, val_metric, mode, run.checkpoints)
     out_dir = Path(out) if out is not None else run.path
+    x = result.index
+    step_unit = result.unit == "step"
     plot = overfitting_plot(
-        pd.Series(result.train, index=result.epochs), pd.Series(result.val, index=result.epochs),
-        pd.Series(result.ratio, index=result.epochs), threshold, result.first_overfit_epoch,
-        result.recommended_epoch, out_dir / "plots" / "overfitting.png")
+        pd.Series(result.train, index=x), pd.Series(result.val, index=x),
+        pd.Series(result.ratio, index=x), threshold,
+        result.first_overfit_step if step_unit else result.first_overfit_epoch,
+        result.recommended_step if step_unit else result.recommended_epoch,
+        out_dir / "plots" / "overfitting.png", xlabel=result.unit)
     data = result.as_dict() | {"run": str(run.path), "log": str(run.log_path),
                                "plot": str(plot.relative_to(out_dir))}
     write_strict_json(out_dir / "overfitting.json", data)

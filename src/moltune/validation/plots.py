@@ -79,7 +79,7 @@ def series_plot(panels: dict[str, dict[str, pd.Series]], path: str | Path, title
 
 def overfitting_plot(train: pd.Series, val: pd.Series, ratio: pd.Series, threshold: float,
                      first_overfit_epoch: int | None, recommended_epoch: int | None,
-                     path: str | Path) -> Path:
+                     path: str | Path, xlabel: str = "epoch") -> Path:
     """Train and validation loss with the first-overfit marker, and the val/train ratio."""
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 5.6), sharex=True)
@@ -97,7 +97,7 @@ def overfitting_plot(train: pd.Series, val: pd.Series, ratio: pd.Series, thresho
         a.legend(fontsize=7)
     ax.set_ylabel("loss")
     ax2.set_ylabel("ratio")
-    ax2.set_xlabel("epoch")
+    ax2.set_xlabel(xlabel)
     fig.tight_layout()
     return _save(fig, path)
 
