@@ -84,9 +84,12 @@ def test_overfitting_same_answer_from_csv_tensorboard_and_wandb(runs, tmp_path):
     assert res_csv.first_overfit_epoch is not None
     assert res_csv.first_overfit_epoch == res_tb.first_overfit_epoch == res_wb.first_overfit_epoch
     assert res_csv.recommended_epoch == res_tb.recommended_epoch == res_wb.recommended_epoch
-    # the rule, checked by hand on the logged numbers
-    ratio = np.array(res_csv.val) / np.array(res_csv.train)
-    first = int(np.argmax(ratio > 1.5))
+    # the rule, checked by hand on the logged numbers: ratio > 1.5 at an evaluation that is not a
+    # new best validation loss
+    val = np.array(res_csv.val)
+    ratio = val / np.array(res_csv.train)
+    new_best = np.array([i == 0 or val[i] < val[:i].min() for i in range(len(val))])
+    first = int(np.argmax((ratio > 1.5) & ~new_best))
     assert res_csv.epochs[first] == res_csv.first_overfit_epoch
     assert res_csv.recommended_epoch == res_csv.epochs[first - 1]
     np.testing.assert_allclose(res_csv.ratio, ratio)
@@ -162,7 +165,7 @@ def test_validation_every_n_steps_uses_steps(tmp_path):
     res = detect_overfitting(t, threshold=1.5,
                              checkpoints=sorted((tmp_path / "checkpoints").glob("*.ckpt")))
     ratios = [v / tr for v, tr in zip([0.95, 0.70, 0.75, 1.40], train.to_numpy()[:4])]
-    first = next(i for i, r in enumerate(ratios) if r > 1.5)
+    first = next(i for i, r in enumerate(ratios) if r > 1.5 and i >= 2)  # 0, 1: new bests
     assert res.unit == "step" and res.first_overfit_step == [25, 50, 75, 100][first]
     assert res.recommended_step == [25, 50, 75, 100][first - 1]
     assert res.first_overfit_epoch == 0

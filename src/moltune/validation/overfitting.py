@@ -2,7 +2,8 @@
 
 Rule: at each evaluation, ``ratio = val_loss / train_loss`` (train loss: the epoch's aggregate,
 or its mean since the previous evaluation when validation runs every N steps). The epoch of the
-first evaluation with ``ratio > threshold`` is ``first_overfit_epoch`` (``first_overfit_step`` its
+first evaluation with ``ratio > threshold`` that is not a new best validation loss (while
+validation still improves, a gap is not overfitting) is ``first_overfit_epoch`` (``first_overfit_step`` its
 step); the recommended checkpoint is the evaluation just before it. When the ratio never passes the threshold, the recommendation is the
 epoch of lowest validation loss. Losses that are not all positive (e.g. negative log-likelihoods)
 make a ratio meaningless; then the rule uses the difference ``val_loss - train_loss`` (mode
@@ -105,7 +106,12 @@ def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
     steps = [None if pd.isna(s) else int(s) for s in at["step"]]
     keys = [int(i) for i in val.index]  # epochs or steps, as ``unit`` says
     vals = val.to_numpy()
-    pos = next((i for i, r in enumerate(ratio.to_numpy()) if math.isfinite(r) and r > threshold), None)
+    # a new best validation loss is not overfitting, however large the gap
+    best_before = np.concatenate([[np.inf], np.fmin.accumulate(np.where(np.isfinite(vals), vals,
+                                                                         np.inf))[:-1]])
+    improving = vals < best_before
+    pos = next((i for i, r in enumerate(ratio.to_numpy())
+                if math.isfinite(r) and r > threshold and not improving[i]), None)
     best_pos = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.nan))) if finite.any() else None
     if pos is None:
         rec_pos = best_pos
