@@ -13,9 +13,16 @@ r^2 directly and contributes ``2 dU/dr^2 * d``.
 from __future__ import annotations
 
 import math
+import os
 
+import numba
 import numpy as np
 from numba import njit, prange
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # GNU OpenMP (numba's default here) aborts a forked child that uses the kernel; the
+    # fork-safe layer does not (calls are serialised by a lock in moltune.physics.energy)
+    numba.config.THREADING_LAYER = "forksafe"
 
 
 @njit(cache=True, inline="always")

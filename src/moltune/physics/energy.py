@@ -33,6 +33,7 @@ energy still overflows (float32) reports +inf with zero (never NaN) forces.
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -502,6 +503,9 @@ BACKENDS = ("auto", "kernel", "ops")
 ``auto``: the kernel for CPU inputs when numba is installed, else ops."""
 
 
+_KERNEL_LOCK = threading.Lock()
+
+
 def _numba_available() -> bool:
     try:
         import numba  # noqa: F401
@@ -512,12 +516,16 @@ def _numba_available() -> bool:
 
 def _run_kernel(x: torch.Tensor, module: TorchEnergy):
     """Energies [B] and gradients dU/dx [B, N, 3] (float64 CPU tensors) from the kernel."""
+    import numba
+
     from moltune.physics._energy_kernel import energy_forces
 
     xn = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float64)
     u = np.empty(xn.shape[0])
     g = np.empty_like(xn)
-    energy_forces(xn, *module._kernel_arrays(), u, g)
+    with _KERNEL_LOCK:  # numba's fork-safe thread pool must not be entered concurrently
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        energy_forces(xn, *module._kernel_arrays(), u, g)
     return torch.from_numpy(u), torch.from_numpy(g)
 
 
