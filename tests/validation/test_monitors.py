@@ -80,6 +80,18 @@ def test_plain_checkpoint_would_have_saved_the_broken_state(runs):
     assert 1.5 / float(ckpt["state_dict"]["a"]) ** 2 > 1e4
 
 
+def test_loss_ratio_warns_on_real_overfitting_run_at_the_right_epoch(runs):
+    """Tiny-data MLP: the warning comes at the first epoch whose val/train ratio passes 10."""
+    run = runs("overfit")
+    m = logs.read_metrics(run)
+    ratio = logs.epoch_series(m, "val/loss") / logs.epoch_series(m, "train/loss")
+    expected = int(ratio[ratio > 10].index[0])
+    ev = [e for e in _events(run) if e["monitor"] == "loss_ratio"]
+    assert ev and ev[0]["epoch"] == expected and ev[0]["action"] == "warn"
+    assert ev[0]["values"]["ratio"] == pytest.approx(float(ratio.loc[expected]), rel=1e-4)
+    assert exit_code_for(run) == 0  # a warning does not stop the run
+
+
 def test_healthy_and_never_learning_runs_raise_no_alarm(runs):
     for name in ("healthy", "lr0"):
         run = runs(name)
