@@ -150,3 +150,12 @@ def test_control_protocol_rejects_bad_setup():
         ControlProtocol("m", [Variant("a", "worse", values=[1.0])], [0])
     with pytest.raises(InvalidInputError):
         ControlProtocol("m", [Variant("a", "reference", values=[1.0, 2.0])], [0]).run()
+
+
+def test_variant_from_run_folders(tmp_path):
+    refs = [_fake_run(tmp_path / "ref" / f"s{i}", v) for i, v in enumerate([1.0, 1.02, 0.98])]
+    bad = [_fake_run(tmp_path / "bad" / f"s{i}", v) for i, v in enumerate([2.0, 2.1, 1.9])]
+    rep = ControlProtocol("val/loss", [Variant.from_runs("trained", "reference", refs, "val/loss"),
+                                       Variant.from_runs("identity", "worse", bad, "val/loss")],
+                          seeds=[0, 1, 2], higher_is_better=False).run()
+    assert rep.results[1].values == [2.0, 2.1, 1.9] and rep.results[1].verdict == "pass"

@@ -61,6 +61,16 @@ class Variant:
     values: Sequence[float] | None = None
     description: str = ""
 
+    @classmethod
+    def from_runs(cls, name: str, expected: str, runs: Sequence[str | Path], metric: str,
+                  reduce: str = "last", description: str = "") -> Variant:
+        """A variant whose per-seed values are read from run folders (one per seed, in the
+        protocol's seed order; evaluation metrics.json first, else the log - see compare)."""
+        from moltune.validation.compare import metric_value
+
+        values = [metric_value(r, metric, reduce).value for r in runs]
+        return cls(name, expected, values=values, description=description)
+
     def __post_init__(self) -> None:
         if self.expected not in EXPECTATIONS:
             raise InvalidInputError(f"variant {self.name}: expected must be one of "
