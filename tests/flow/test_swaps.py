@@ -20,20 +20,9 @@ from moltune.flow.swaps import (
 
 
 def _identity_flow() -> torch.nn.Module:
-    try:
-        from moltune.flow.models import IdentityFlow
+    from moltune.flow.models import IdentityFlow
 
-        return IdentityFlow()
-    except ImportError:  # the flow helper's module is not there yet
-
-        class _Identity(torch.nn.Module):
-            def forward(self, x, t_s, t_t):
-                return x.clone(), torch.zeros(x.shape[0], dtype=x.dtype)
-
-            def inverse(self, y, t_s, t_t):
-                return y.clone(), torch.zeros(y.shape[0], dtype=y.dtype)
-
-        return _Identity()
+    return IdentityFlow()
 
 
 class _Shift(torch.nn.Module):
