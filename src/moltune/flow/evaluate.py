@@ -444,9 +444,14 @@ def direction_problems(metrics: dict, details: dict) -> dict[str, list[str]]:
     return out
 
 
+def _p(v: float) -> str:
+    """A probability: three decimals, or three significant digits when tiny."""
+    return f"{v:.3f}" if v >= 0.001 or v == 0 else f"{v:.2e}"
+
+
 def _fmt_acc(a: dict) -> str:
     lo, hi = a["ci95"]
-    return f"{a['mean']:.3f} (95% interval {lo:.3f}-{hi:.3f}, {a['n_pairs']} pairs)"
+    return f"{_p(a['mean'])} (95% interval {_p(lo)} to {_p(hi)}, {a['n_pairs']} pairs)"
 
 
 def render_report(metrics: dict, details: dict, figures: list[str] | None = None) -> str:
@@ -470,21 +475,21 @@ def render_report(metrics: dict, details: dict, figures: list[str] | None = None
     broken = [name for name, d in ((fwd, "forward"), (inv, "inverse")) if probs[d]]
     if improved and not broken:
         verdict = (
-            f"**The transport works.** Swap acceptance through the flow is {af['mean']:.3f} against "
-            f"{an['mean']:.3f} for the naive swap, and both directions reproduce the reference "
+            f"**The transport works.** Swap acceptance through the flow is {_p(af['mean'])} against "
+            f"{_p(an['mean'])} for the naive swap, and both directions reproduce the reference "
             "energies, backbone angles and distances within the pass marks."
         )
     elif not broken:
         verdict = (
             f"**The transport is valid but does not help.** Both directions pass the checks, but "
-            f"the flow's swap acceptance ({af['mean']:.3f}) is not clearly above the naive "
-            f"swap's ({an['mean']:.3f})."
+            f"the flow's swap acceptance ({_p(af['mean'])}) is not clearly above the naive "
+            f"swap's ({_p(an['mean'])})."
         )
     else:
         what = " and ".join(broken)
         verdict = (
             f"**The transport does not work**: the {what} direction{'s fail' if len(broken) > 1 else ' fails'}. "
-            f"Swap acceptance through the flow is {af['mean']:.3f} against {an['mean']:.3f} for "
+            f"Swap acceptance through the flow is {_p(af['mean'])} against {_p(an['mean'])} for "
             "the naive swap."
         )
     lines += [verdict, ""]
