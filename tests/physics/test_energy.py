@@ -259,3 +259,26 @@ def test_regularize_energy_properties(dtype):
     y = regularize_energy(x, cut)
     assert abs((y[1] - y[0]) / eps - 1.0) < 1e-6
     assert abs((y[2] - y[1]) / eps - 1.0) < 1e-2
+
+
+def _energy_in_child(args):
+    model, x = args
+    return model(torch.tensor(x)).numpy()
+
+
+def test_kernel_works_in_forked_children_and_threads(energy_test_system):
+    """The CPU kernel's thread pool survives fork (PT / data-loader workers) and threads."""
+    import multiprocessing as mp
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = energy_test_system("AA")
+    model = TorchEnergy.from_system(data["system"], backend="kernel")
+    x = data["x"][:4]
+    parent = model(torch.tensor(x)).numpy()  # the pool is running before the fork
+    with mp.get_context("fork").Pool(1) as pool:
+        (child,) = pool.map(_energy_in_child, [(model, x)])
+    np.testing.assert_array_equal(child, parent)
+    with ThreadPoolExecutor(2) as ex:
+        results = list(ex.map(lambda _: model(torch.tensor(x)).numpy(), range(4)))
+    for r in results:
+        np.testing.assert_array_equal(r, parent)

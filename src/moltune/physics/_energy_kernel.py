@@ -319,8 +319,8 @@ def kernel_arrays(module) -> tuple:
     n = module.n_atoms
     pi, pj = np.triu_indices(n, 1)
 
-    def f64(name):
-        return np.ascontiguousarray(getattr(module, name).detach().cpu().double().numpy())
+    def f64(name):  # a copy: tensor.numpy() would alias storage that torch may move/free
+        return np.array(getattr(module, name).detach().cpu().double().numpy(), np.float64)
 
     if module.has_gb:
         screen = module.gb_inv_solute - module.gb_inv_solvent

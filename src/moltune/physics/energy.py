@@ -363,6 +363,11 @@ class TorchEnergy(torch.nn.Module):
         self._kernel_cache = None
         return super()._apply(fn, recurse)
 
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state["_kernel_cache"] = None  # rebuilt from the buffers on first use
+        return state
+
     # ---------------------------------------------------------------- evaluation
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.energy(x)
