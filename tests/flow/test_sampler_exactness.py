@@ -222,3 +222,20 @@ def test_dropping_the_log_determinant_is_detected(flows):
     _, state = run_pt(wrong)
     worst = min(p for pv in distribution_pvalues(state) for p in pv)
     assert worst < 1e-6
+
+
+def test_round_trips_walkers_and_stats_on_a_flat_energy():
+    """U = 0: every plain swap is accepted, so the walker permutation is known round by round."""
+    flat = lambda x: torch.zeros(x.shape[0], dtype=x.dtype)
+    stay = lambda x, u: (x, u)
+    pt = FlowPT(TEMPS, flat, [stay] * 3)
+    state = pt.init_state([torch.full((2, 1), float(k)) for k in range(3)])
+    pt.run(state, 6)
+    # rounds: (0,1) (1,2) (0,1) (1,2) (0,1) (1,2) -> walker 0 goes bottom -> top (round 1) ->
+    # bottom (round 4): exactly one round trip per chain; the permutation is back to the start
+    assert state.round_trips == 2
+    np.testing.assert_array_equal(state.walker, [[0, 0], [1, 1], [2, 2]])
+    for k in range(3):  # configurations travel with their walkers
+        assert torch.equal(state.x[k], torch.full((2, 1), float(k)))
+    assert state.stats[(0, 1)].attempts == 6 and state.stats[(0, 1)].accepted == 6
+    assert state.stats[(1, 2)].acceptance == 1.0

@@ -57,8 +57,9 @@ class SwapStats:
 class PTState:
     """Configurations ``x[k]`` [B, ...] and energies ``u[k]`` [B] (kJ/mol) at temperature k.
 
-    ``walker[k, b]`` names the walker (replica) at temperature k in chain b; ``last_end[w, b]`` is
-    the end of the ladder (0 bottom, 1 top, -1 none yet) walker w last touched, for round trips.
+    ``walker[k, b]`` names the walker (replica) at temperature k in chain b; ``last_end[w, b]``
+    tracks walker w for round trips (-1 not yet at the bottom, 0 left the bottom, 1 reached the
+    top since).
     """
 
     x: list[torch.Tensor]
@@ -130,7 +131,7 @@ class FlowPT:
         k, b = self.n_temperatures, x[0].shape[0]
         walker = np.tile(np.arange(k)[:, None], (1, b))
         last_end = np.full((k, b), -1, dtype=np.int8)
-        last_end[0], last_end[-1] = 0, 1
+        last_end[0] = 0  # walker 0 starts at the bottom
         return PTState(x=x, u=u, walker=walker, last_end=last_end)
 
     @torch.no_grad()
@@ -185,13 +186,16 @@ class FlowPT:
         return acc
 
     def _count_round_trips(self, state: PTState) -> None:
-        """A walker completes a round trip when it reaches the bottom after touching the top."""
+        """Count bottom -> top -> bottom trips: a walker's state is -1 (not yet at the bottom),
+        0 (left the bottom) or 1 (reached the top after the bottom); reaching the bottom in
+        state 1 completes a round trip."""
         cols = np.arange(state.walker.shape[1])
         bottom, top = state.walker[0], state.walker[-1]
         done = state.last_end[bottom, cols] == 1
         state.round_trips += int(done.sum())
         state.last_end[bottom, cols] = 0
-        state.last_end[top, cols] = 1
+        at_top = state.last_end[top, cols]
+        state.last_end[top, cols] = np.where(at_top == 0, 1, at_top)
 
     def step(self, state: PTState) -> PTState:
         """One round: propagate every temperature, then the round's swaps."""
