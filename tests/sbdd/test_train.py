@@ -183,3 +183,33 @@ def test_constructed_adapter_collapse_is_stopped_by_drift_monitor(tiny, tmp_path
     assert info["global_step"] < 12
     df = pd.read_csv(out / "metrics.csv")
     assert df["adapter/gamma_drift"].dropna().max() > 0.5
+
+
+def test_standin_training_writes_loadable_diffsbdd_checkpoint_and_resumes(tiny, tmp_path):
+    from moltune.sbdd.checkpoint import load_checkpoint
+    from moltune.sbdd.model import LigandDiffusionModel
+    from moltune.sbdd.standin import PUBLISHED_HPARAMS, StandinConfig, train_standin
+
+    cfg = StandinConfig(data=str(tiny["processed"]), out=str(tmp_path / "standin"),
+                        complexes=["3rfm", "1fbh"], steps=3, batch_size=2, save_every=2,
+                        warmup_steps=1, eval_n_samples=1, eval_timesteps=2, threads=1,
+                        egnn_overrides={"hidden_nf": 16, "n_layers": 1, "edge_cutoff_pocket": 0.5})
+    res = train_standin(cfg, progress=False)
+    ck = load_checkpoint(tmp_path / "standin" / "checkpoints" / "standin.ckpt")
+    assert ck.meta["global_step"] == 3
+    assert all(k.startswith("ddpm.") for k in ck.state_dict)
+    hp = ck.hyper_parameters
+    assert hp["diffusion_params"] == PUBLISHED_HPARAMS["diffusion_params"]
+    assert hp["egnn_params"]["joint_nf"] == 32 and hp["egnn_params"]["hidden_nf"] == 16
+    assert len(hp["node_histogram"]) == 107 and len(hp["node_histogram"][0]) == 1671
+    model = LigandDiffusionModel.from_checkpoint(ck)
+    assert model.joint_nf == 32
+    assert res["n_pockets"] == 2 and 0 <= res["summary"]["validity"] <= 1
+    assert (tmp_path / "standin" / "plots" / "standin_eval.png").is_file()
+    # resume: more steps continue from last.ckpt, the earlier metric rows are kept
+    cfg.steps = 5
+    train_standin(cfg, progress=False)
+    rows = (tmp_path / "standin" / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+    assert load_checkpoint(tmp_path / "standin" / "checkpoints" / "standin.ckpt"
+                           ).meta["global_step"] == 5
