@@ -1,0 +1,298 @@
+"""Flow-enhanced PT on OpenMM replicas (moltune.flow.pt_sampler) and time-series statistics.
+
+The identity flow must reproduce the plain swap's acceptance on the same states (and the plain
+run's swap decisions until the first accepted swap, after which the flow path redraws velocities);
+the round-trip counter and the walker-history rebuild on hand-made trajectories; the Sokal
+autocorrelation time of AR(1) against 1 + 2 rho / (1 - rho); a tiny `moltune pt sample` with an
+untrained TarFlow (the identity at initialisation) that writes its files and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from moltune.common.errors import InvalidInputError, UserError
+from moltune.flow.models import IdentityFlow
+from moltune.flow.pt_sampler import (
+    KIND_FLOW,
+    FlowSwapMove,
+    count_round_trips,
+    plan_swaps,
+    read_records,
+    sample,
+    walker_history,
+)
+from moltune.physics.peptide import build_peptide
+from moltune.physics.ptdata import load_pt_data
+from moltune.physics.replica_exchange import PTConfig, swap_log_acceptance
+from moltune.physics.timeseries import integrated_autocorrelation, n_transitions
+from moltune.physics.units import beta
+
+TEMPS3 = [300.0, 450.0, 670.0]
+TINY = {"time_ns": 0.004, "save_interval_ps": 0.1, "swap_interval_ps": 0.1,
+        "equilibration_ps": 0.5, "checkpoint_interval_ps": 1.0, "seed": 5}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def aa():
+    return build_peptide("AA")
+
+
+@pytest.fixture(scope="module")
+def plain_run(aa, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flowpt") / "plain"
+    sample(aa, out, PTConfig(temperatures_K=TEMPS3, **TINY), progress=False)
+    return out
+
+
+# ------------------------------------------------------------------------------- statistics
+def test_autocorrelation_time_of_ar1_matches_analytic():
+    from scipy.signal import lfilter
+
+    from moltune.flow.metrics import integrated_autocorr_time
+
+    for rho in (0.5, 0.8, 0.95):
+        n = 200_000
+        x = lfilter([1.0], [1.0, -rho], np.random.default_rng(1).normal(size=n))
+        est = integrated_autocorrelation(x)
+        exact = 1 + 2 * rho / (1 - rho)
+        assert est.estimable and abs(est.tau - exact) < 3 * est.tau_error, (rho, est, exact)
+        assert est.tau_error < 0.1 * exact  # the error bar is informative, not huge
+        assert est.ess == pytest.approx(n / est.tau)
+        # same estimator as the flow metrics' one
+        assert est.tau == pytest.approx(integrated_autocorr_time(x), rel=1e-12)
+        # mean error: sigma sqrt(tau / n) against the exact SE of an AR(1) mean
+        se = math.sqrt(1 / (1 - rho**2)) * math.sqrt(exact / n)
+        assert est.mean_error == pytest.approx(se, rel=0.15)
+    # independent samples: tau ~ 1
+    white = integrated_autocorrelation(np.random.default_rng(2).normal(size=50_000))
+    assert abs(white.tau - 1.0) < 3 * white.tau_error + 0.02
+
+
+def test_constant_observable_has_no_ess():
+    est = integrated_autocorrelation(np.zeros(500))
+    assert not est.estimable and math.isnan(est.ess) and math.isnan(est.tau)
+    assert n_transitions(np.array([0, 0, 1, 1, 0, 1])) == 3
+    with pytest.raises(ValueError):
+        integrated_autocorrelation(np.array([0.0, np.nan, 1.0, 2.0]))
+
+
+# ----------------------------------------------------------------------------- round trips
+def test_round_trip_counter_on_hand_made_trajectory():
+    # walker at temperature k (columns: 300, 450, 670 K), one row per swap event
+    hist = np.array([
+        [0, 1, 2],  # walker 0 starts at the bottom
+        [1, 0, 2],  # walker 1 at the bottom
+        [1, 2, 0],  # walker 0 reaches the top
+        [2, 1, 0],  # walker 2 reaches the bottom (it started at the top: no trip yet)
+        [2, 0, 1],  # walker 1 reaches the top
+        [0, 2, 1],  # walker 0 back at the bottom: trip 1 (walker 0)
+        [0, 1, 2],  # walker 2 at the top after the bottom
+        [1, 0, 2],  # walker 1 back at the bottom: trip 1 (walker 1)
+        [2, 0, 1],  # walker 2 back at the bottom: trip 1 (walker 2)
+        [2, 1, 0],  # walker 0 at the top again
+        [0, 1, 2],  # walker 0 at the bottom again: trip 2 (walker 0)
+    ])  # fmt: skip
+    np.testing.assert_array_equal(count_round_trips(hist), [2, 1, 1])
+    assert count_round_trips(hist[:5]).sum() == 0
+    np.testing.assert_array_equal(count_round_trips(hist[:7]), [1, 0, 0])
+    # two replicas: every accepted swap moves both walkers between the ends
+    two = np.array([[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]])
+    np.testing.assert_array_equal(count_round_trips(two), [2, 1])
+
+
+def test_walker_history_rebuilds_events_around_the_first_frame():
+    # events at 0.1..0.5 ps; the first frame (0.3 ps) precedes the swap of its own step
+    times = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    acc = np.array([[1, -1], [-1, 1], [0, -1], [-1, 1], [1, -1]], np.int8)
+    # start [0,1,2] -> e0 swap(0,1) [1,0,2] -> e1 swap(1,2) [1,2,0] = walkers of the first frame
+    hist = walker_history(np.array([1, 2, 0]), 0.3, times, acc)
+    np.testing.assert_array_equal(hist, [[1, 0, 2], [1, 2, 0], [1, 2, 0], [1, 0, 2], [0, 1, 2]])
+    skips = {"time_ps": np.array([0.3]), "i": np.array([0]), "j": np.array([2]),
+             "accepted": np.array([1])}  # fmt: skip
+    hist = walker_history(np.array([1, 2, 0]), 0.3, times, acc, skips)
+    np.testing.assert_array_equal(hist[2:], [[0, 2, 1], [0, 1, 2], [1, 0, 2]])
+
+
+def test_walker_history_matches_every_saved_frame_of_a_real_run(plain_run):
+    data = load_pt_data(plain_run)
+    assert data.swap_accepts.sum() > 0  # there is something to rebuild
+    first = np.array([r[0] for r in data.replica_index])
+    hist = walker_history(first, data.time_ps[0], data.swap_time_ps, data.swap_accepted)
+    for f, t in enumerate(data.time_ps):
+        before = np.nonzero(data.swap_time_ps < t - 1e-9)[0]
+        expect = hist[before[-1]] if before.size else None
+        if expect is not None:
+            np.testing.assert_array_equal([r[f] for r in data.replica_index], expect)
+
+
+# ----------------------------------------------------------------------- swap plan and move
+def test_plan_swaps():
+    ladder = {"temperatures_K": [300.0, 450.0, 670.0, 1000.0], "pairs": [[0, 1], [1, 2], [2, 3]]}
+    single = {"temperatures_K": [300.0, 450.0], "pairs": [[0, 1]]}
+    t4 = [300.0, 450.0, 670.0, 1000.0]
+    assert plan_swaps(t4, ladder, [(0, 3)]) == {(0, 1): "trained", (1, 2): "trained",
+                                                (2, 3): "trained", (0, 3): "conditional"}  # fmt: skip
+    assert plan_swaps(t4, single) == {(0, 1): "trained", (1, 2): "plain", (2, 3): "plain"}
+    assert plan_swaps([300.0, 1000.0], single)[(0, 1)] == "plain"
+    assert plan_swaps(t4, None, [(1, 3)])[(1, 3)] == "any"
+    with pytest.raises(UserError, match="not trained for the skip"):
+        plan_swaps(t4, single, [(0, 3)])
+    with pytest.raises(InvalidInputError):
+        plan_swaps(t4, ladder, [(0, 1)])
+
+
+def _md_states(aa, n: int, seed: int = 0) -> np.ndarray:
+    """[n, K, N, 3] nm: short Langevin MD at each temperature of TEMPS3 from the built AA."""
+    import openmm
+
+    from moltune.physics.forcefield import create_system
+
+    system = create_system(aa.topology)
+    out = np.zeros((n, len(TEMPS3), aa.n_atoms, 3))
+    for k, t in enumerate(TEMPS3):
+        integ = openmm.LangevinMiddleIntegrator(t, 5.0, 0.001)
+        integ.setRandomNumberSeed(seed + k + 1)
+        ctx = openmm.Context(system, integ, openmm.Platform.getPlatformByName("CPU"),
+                             {"Threads": "1"})  # fmt: skip
+        ctx.setPositions(aa.positions_nm)
+        ctx.setVelocitiesToTemperature(t, seed + k + 1)
+        integ.step(500)
+        for f in range(n):
+            integ.step(100)
+            out[f, k] = ctx.getState(getPositions=True).getPositions(asNumpy=True)._value
+    return out
+
+
+def test_identity_flow_acceptance_equals_naive_on_the_same_states(aa):
+    from moltune.physics.energy import TorchEnergy
+    from moltune.physics.openmm_energy import OpenMMEnergy
+
+    states = _md_states(aa, 12)
+    energy = TorchEnergy.from_topology(aa.topology).double()
+    move = FlowSwapMove(IdentityFlow(), energy.energy, TEMPS3, plan_swaps(TEMPS3, None),
+                        np.ones(aa.n_atoms), n_eq_steps=0, dt_ps=0.001)  # fmt: skip
+    omm = OpenMMEnergy(aa.topology, solvent="obc2")
+    b = [beta(t) for t in TEMPS3]
+    d_flow, d_naive = [], []
+    for pos in states:
+        prop = move._propose(pos, [(0, 1), (1, 2)])
+        u = omm(torch.as_tensor(pos)).detach().numpy()  # OpenMM energies, as plain PT uses
+        d_flow += list(prop.log_alpha)
+        d_naive += [swap_log_acceptance(b[0], b[1], u[0], u[1]),
+                    swap_log_acceptance(b[1], b[2], u[1], u[2])]  # fmt: skip
+        np.testing.assert_array_equal(prop.nonfinite, False)
+        # identity: the plain exchange, T(x) -> temperature j and T^-1(y) -> temperature i
+        np.testing.assert_array_equal(prop.y_to_j.numpy(), pos[[0, 1]])
+        np.testing.assert_array_equal(prop.x_to_i.numpy(), pos[[1, 2]])
+    d_flow, d_naive = np.array(d_flow), np.array(d_naive)
+    assert np.ptp(d_naive) > 1.0  # states with very different acceptances
+    np.testing.assert_allclose(d_flow, d_naive, atol=2e-3, rtol=0)  # TorchEnergy vs OpenMM
+    # with equal uniforms the decisions agree (none lies within 2e-3 of a threshold here)
+    uni = np.random.default_rng(0).random(d_flow.size)
+    np.testing.assert_array_equal(uni < np.exp(np.minimum(d_flow, 0)),
+                                  uni < np.exp(np.minimum(d_naive, 0)))  # fmt: skip
+    assert move.buf.flow_calls == 2 * len(states)
+
+
+def test_identity_flow_run_follows_plain_run_until_first_accept(aa, plain_run, tmp_path):
+    sample(aa, tmp_path / "id", PTConfig(temperatures_K=TEMPS3, **TINY), flow=IdentityFlow(),
+           progress=False)  # fmt: skip
+    plain, ident = load_pt_data(plain_run), load_pt_data(tmp_path / "id")
+    first = np.nonzero((plain.swap_accepted == 1).any(axis=1))[0][0]
+    np.testing.assert_array_equal(ident.swap_accepted[: first + 1], plain.swap_accepted[: first + 1])
+    rec = read_records(tmp_path / "id")
+    assert (rec["kind"] == KIND_FLOW).all() and len(rec["kind"]) == (ident.swap_accepted >= 0).sum()
+    np.testing.assert_array_equal(
+        rec["accepted"], ident.swap_accepted[ident.swap_accepted >= 0]
+    )  # per-attempt records agree with the standard swap arrays
+
+
+# ------------------------------------------------------------------------------- end to end
+def _untrained_tarflow_run(pt_dir, run_dir) -> None:
+    """A checkpoint in `moltune pt train`'s layout holding an untrained TarFlow (the identity)."""
+    from moltune.common.io import torch_save
+    from moltune.flow.checkpoint import flow_metadata
+    from moltune.flow.train import DataConfig, FlowConfig, TrainConfig, build_flow
+
+    data = load_pt_data(pt_dir)
+    cfg = TrainConfig(flow=FlowConfig(name="tarflow", n_blocks=1, d_model=16, n_heads=2),
+                      data=DataConfig(train_dir=str(pt_dir), test_dir=None))  # fmt: skip
+    flow = build_flow(cfg.flow, data.topology)
+    flow.representation.fit(np.concatenate(data.xyz_nm))
+    meta = flow_metadata(cfg, data, [(0, 1), (1, 2)])
+    state = {f"flow.{k}": v for k, v in flow.state_dict().items()}
+    torch_save(run_dir / "checkpoints" / "last.ckpt",
+               {"hyper_parameters": {"moltune": meta}, "state_dict": state, "global_step": 0,
+                "epoch": 0})  # fmt: skip
+
+
+def test_pt_sample_cli_with_a_flow_writes_files_and_resumes(aa, plain_run, tmp_path):
+    run = tmp_path / "flowrun"
+    _untrained_tarflow_run(plain_run, run)
+    out = tmp_path / "sample"
+    base = [sys.executable, "-m", "moltune.cli.main", "pt", "sample", "--peptide", "AA",
+            "--temperatures", *map(str, TEMPS3), "--flow", str(run), "--skip", "0", "2",
+            "--save-interval-ps", "0.1", "--equilibration-ps", "0.5",
+            "--checkpoint-interval-ps", "1.0", "--seed", "5", "--no-progress", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(base + ["--time-ns", "0.002"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "round trips" in r.stdout
+    for name in ("topology.pdb", "metadata.json", "pt_data.npz", "state.npz", "sampler.json",
+                 "sampler_stats.json", "plots/sampler.png", "chunks/flowswap_000000.npz"):  # fmt: skip
+        assert (out / name).is_file(), name
+    stats = json.loads((out / "sampler_stats.json").read_text())
+    assert set(stats["pairs"]) == {"0-1", "1-2", "0-2"}
+    assert stats["pairs"]["0-1"]["swap"] == "trained" and stats["pairs"]["0-2"]["swap"] == "skip"
+    assert stats["pairs"]["0-2"]["attempts"] == 20  # one skip per swap event, 2 ps / 0.1 ps
+    assert stats["flow_calls"] > 0 and 0 < stats["flow_cpu_s"] < stats["cpu_s"]
+    assert stats["nonfinite_proposals"] == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert "T^-1(y)" in meta["sampler"]["swap_scheme"]
+    # extend (the resume path): frames continue without gaps or duplicates
+    r = subprocess.run(base + ["--time-ns", "0.004"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = load_pt_data(out)
+    np.testing.assert_allclose(data.time_ps, 0.1 * np.arange(1, 41), atol=1e-9)
+    rec = read_records(out)
+    assert len(rec["kind"]) == (data.swap_accepted >= 0).sum() + 40  # neighbours + skips
+    assert np.all(np.diff(rec["event"]) >= 0)
+    # the untrained TarFlow is the identity: its swaps are the naive ones (skip barely accepted)
+    stats = json.loads((out / "sampler_stats.json").read_text())
+    assert stats["pairs"]["0-2"]["mean_log_acceptance"] < -2
+    # another flow (or none) cannot resume this run
+    with pytest.raises(UserError, match="another flow"):
+        sample(aa, out, PTConfig(temperatures_K=TEMPS3, **{**TINY, "time_ns": 0.004}),
+               progress=False)  # fmt: skip
+
+
+def test_interrupted_flow_run_resumes(aa, tmp_path):
+    from moltune.flow.models import make_flow
+
+    torch.manual_seed(0)
+    flow = make_flow("baseline_ic", aa.topology)
+    with torch.no_grad():  # a genuine (non-identity) map, so velocities are redrawn on accepts
+        for p in flow.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    cfg = PTConfig(temperatures_K=TEMPS3, **TINY)
+    sample(aa, tmp_path / "a", cfg, flow=flow, progress=False)
+    sample(aa, tmp_path / "b", cfg, flow=flow, progress=False, stop_after_chunks=2)
+    assert not json.loads((tmp_path / "b" / "sampler.json").read_text())["segments"][-1]["complete"]
+    sample(aa, tmp_path / "b", cfg, flow=flow, progress=False)
+    a, b = load_pt_data(tmp_path / "a"), load_pt_data(tmp_path / "b")
+    np.testing.assert_array_equal(a.swap_accepted, b.swap_accepted)
+    assert a.swap_accepts.sum() > 0
+    # the context checkpoints restore the trajectory up to float32 round-off (as plain PT)
+    for k in range(len(TEMPS3)):
+        np.testing.assert_allclose(a.xyz_nm[k], b.xyz_nm[k], atol=1e-5, rtol=0)
+    ra, rb = read_records(tmp_path / "a"), read_records(tmp_path / "b")
+    np.testing.assert_array_equal(ra["accepted"], rb["accepted"])
+    np.testing.assert_allclose(ra["log_alpha"], rb["log_alpha"], atol=1e-3, rtol=0)
+    assert np.isfinite(ra["log_alpha"]).all()
