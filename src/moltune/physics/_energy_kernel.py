@@ -35,7 +35,7 @@ def _add3(g, b, a, s, vx, vy, vz):
 CHUNK = 8  # configurations per parallel work item
 
 
-@njit(parallel=True, cache=True, fastmath={"contract", "nsz"})
+@njit(parallel=True, cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
 def energy_forces(
     x, pi, pj, nb_qq, nb_a, nb_c, floor, eps_len,
     has_gb, gb_or, gb_sr, gb_rb, gb_self, gb_ace, gb_re, gb_pair,
@@ -68,7 +68,7 @@ def energy_forces(
             )
 
 
-@njit(cache=True, fastmath={"contract", "nsz"})
+@njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
 def _one_configuration(
     x, b, pi, pj, nb_qq, nb_a, nb_c, floor, eps_len,
     has_gb, gb_or, gb_sr, gb_rb, gb_self, gb_ace, gb_re, gb_pair,
