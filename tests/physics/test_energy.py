@@ -70,8 +70,9 @@ def test_matches_openmm_float64_vacuum_more(energy_test_system, name):
     _check_float64(energy_test_system(name, "vacuum"), "vacuum")
 
 
-def test_float32_tolerance(energy_test_system):
-    data = energy_test_system("AA")
+@pytest.mark.parametrize("name", ("AA", "KS"))
+def test_float32_tolerance(energy_test_system, name):
+    data = energy_test_system(name)
     fmax = np.abs(data["f_ref"]).max(axis=(1, 2), keepdims=True)
     for backend in ("kernel", "ops"):
         model = TorchEnergy.from_system(data["system"], backend=backend).to(torch.float32)
@@ -252,6 +253,7 @@ def test_regularize_energy_properties(dtype):
     assert torch.all(r[:-1][~below[:-1]] < u[:-1][~below[:-1]] + 1e-6)  # never above u
     assert torch.allclose(g[below], torch.ones_like(g[below]))
     assert abs(r[6].item() - (cut + np.log1p(900.0))) < 1e-4  # logarithmic above
+    assert torch.isnan(regularize_energy(torch.tensor([float("nan")], dtype=dtype), cut)).all()
     assert g[-1] == 0.0 and torch.all(g[:-1] > 0)  # zero slope only at +inf
     # C1 at the cut: left and right slopes both 1
     eps = 1e-3 if dtype == torch.float64 else 1e-2

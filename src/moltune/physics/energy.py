@@ -625,6 +625,6 @@ def regularize_energy(u_kjmol: torch.Tensor, cut_kjmol: float) -> torch.Tensor:
     cut = float(cut_kjmol)
     excess = (u_kjmol - cut).clamp(min=0.0)
     big = torch.finfo(u_kjmol.dtype).max
-    excess = torch.nan_to_num(excess, posinf=big).clamp(max=big)
+    excess = torch.nan_to_num(excess, nan=float("nan"), posinf=big).clamp(max=big)
     soft = cut + torch.log1p(excess)
     return torch.where(u_kjmol <= cut, u_kjmol, soft)
