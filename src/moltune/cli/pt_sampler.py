@@ -1,4 +1,4 @@
-"""CLI: ``moltune pt sample`` (flow-enhanced PT) and ``moltune pt compare-samplers``.
+"""CLI: ``moltune pt sample`` (flow-enhanced PT), ``moltune pt compare-samplers``, ``moltune pt transfer``.
 
 Library: ``moltune.flow.pt_sampler``.
 """
@@ -89,6 +89,7 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
     c.add_argument("--out", required=True)
     _pt_options(c, save_interval_ps=0.1)
     c.set_defaults(func=_compare)
+    register_transfer(pt_sub)
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -112,8 +113,11 @@ def _sample(args: argparse.Namespace) -> int:
         f"{args.out}: {res['n_frames']} frames per temperature"
         + (" (resumed)" if res["resumed"] else "")
         + f"; swap acceptance {acc}; {res['round_trips']} round trips"
-        + (f"; flow {res['flow_cpu_fraction']:.0%} of {res['cpu_s']:.0f} CPU s"
-           if args.flow else f"; {res['cpu_s']:.0f} CPU s")  # fmt: skip
+        + (
+            f"; flow {res['flow_cpu_fraction']:.0%} of {res['cpu_s']:.0f} CPU s"
+            if args.flow
+            else f"; {res['cpu_s']:.0f} CPU s"
+        )
     )
     return 0
 
@@ -133,4 +137,45 @@ def _compare(args: argparse.Namespace) -> int:
         o = r.get("phi_positive", {})
         print(f"  {r['variant']:10s} ESS(phi>0)/CPU h = {o.get('ess_per_cpu_hour', float('nan')):.3g}"
               f"  round trips/ns = {r['round_trips_per_ns']:.3g}")  # fmt: skip
+    return 0
+
+
+def register_transfer(pt_sub: argparse._SubParsersAction) -> None:
+    t = pt_sub.add_parser(
+        "transfer",
+        help="naive vs flow swap acceptance per temperature pair for several peptides (one table)",
+        description="Evaluates one flow zero-shot on the PT data of each peptide (NAME=DIR) and "
+        "writes transfer.md / transfer.json with the naive swap beside every flow entry.",
+    )
+    t.add_argument("--flow", required=True, help="flow run/checkpoint, or 'identity'")
+    t.add_argument("--data", nargs="+", required=True, metavar="NAME=DIR",
+                   help="PT data folders (`moltune pt simulate`) per peptide")  # fmt: skip
+    t.add_argument("--pairs", type=int, nargs=2, action="append", metavar=("I", "J"),
+                   help="ladder index pairs (default: neighbours and 0 <-> K-1)")  # fmt: skip
+    t.add_argument("--n-pairs", type=int, default=2000, help="frame pairs per entry (2000)")
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=_transfer)
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from moltune.common.errors import InvalidInputError
+    from moltune.common.io import write_json, write_text
+    from moltune.flow.pt_sampler import render_transfer, run_flow_factory, transfer_table
+
+    dirs = {}
+    for item in args.data:
+        if "=" not in item:
+            raise InvalidInputError(f"--data expects NAME=DIR, got {item!r}")
+        name, d = item.split("=", 1)
+        dirs[name] = d
+    rows = transfer_table(run_flow_factory(args.flow), dirs,
+                          [tuple(p) for p in args.pairs] if args.pairs else None,
+                          n_pairs=args.n_pairs)  # fmt: skip
+    out = Path(args.out)
+    write_json(out / "transfer.json", {"flow": args.flow, "rows": rows})
+    text = render_transfer(rows, f"Swap acceptance, naive vs flow ({args.flow})")
+    write_text(out / "transfer.md", text)
+    print(text)
     return 0

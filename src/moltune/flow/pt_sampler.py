@@ -332,10 +332,11 @@ def _swap_move_installed(move: FlowSwapMove):
     """Install ``move`` as replica_exchange's swap move for the duration (see module doc)."""
     import moltune.physics.replica_exchange as rx
 
-    for name in ("_attempt_swaps", "_checkpoint"):
-        if not callable(getattr(rx, name, None)):
-            raise RuntimeError(f"moltune.physics.replica_exchange has no {name}(); the flow-PT "
-                               "hook needs updating")  # fmt: skip
+    missing = [n for n in ("_attempt_swaps", "_checkpoint") if not hasattr(rx, n)]
+    if missing:
+        raise RuntimeError(
+            f"moltune.physics.replica_exchange has no {missing}; the flow-PT hook needs updating"
+        )
     with _HOOK_LOCK:
         orig_swap, orig_ckpt = rx._attempt_swaps, rx._checkpoint
 
@@ -367,7 +368,10 @@ def _masses_amu(system) -> np.ndarray:
     from openmm import unit
 
     return np.asarray(
-        [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())]
+        [
+            system.getParticleMass(i).value_in_unit(unit.dalton)
+            for i in range(system.getNumParticles())
+        ]
     )
 
 
@@ -409,7 +413,9 @@ def sample(
 
     out = Path(out_dir)
     if skip_pairs and flow is None:
-        raise UserError("--skip needs --flow (a plain 300 <-> 1000 K swap is almost never accepted)")
+        raise UserError(
+            "--skip needs --flow (a plain 300 <-> 1000 K swap is almost never accepted)"
+        )
     peptide = peptide_spec if isinstance(peptide_spec, Peptide) else None
     if peptide is None:
         peptide = load_peptide(str(peptide_spec), solvent=cfg.solvent)
@@ -610,7 +616,9 @@ def _pair_stats(i: int, j: int, sel: np.ndarray, rec: dict, temps) -> dict:
         "attempts": n,
         "accepted": int(acc.sum()),
         "acceptance": float(acc.mean()) if n else math.nan,
-        "acceptance_se": float(math.sqrt(max(acc.mean() * (1 - acc.mean()), 0) / n)) if n else math.nan,
+        "acceptance_se": float(math.sqrt(max(acc.mean() * (1 - acc.mean()), 0) / n))
+        if n
+        else math.nan,
         "mean_metropolis_probability": float(alpha.mean()) if n else math.nan,
         "mean_log_acceptance": float(d[finite].mean()) if finite.any() else math.nan,
         "median_log_acceptance": float(np.median(d[finite])) if finite.any() else math.nan,
@@ -702,7 +710,9 @@ def sampler_statistics(out_dir: str | Path, observable_residue: int = 0) -> dict
         "pairs": pairs,
         "round_trips": int(trips.sum()),
         "round_trips_per_walker": trips.tolist(),
-        "round_trips_per_ns": float(trips.sum() / (production_ps / 1000.0)) if production_ps else math.nan,
+        "round_trips_per_ns": float(trips.sum() / (production_ps / 1000.0))
+        if production_ps
+        else math.nan,
         "cpu_s": cpu_s,
         "cpu_s_per_ns": cpu_s / (production_ps / 1000.0) if production_ps else math.nan,
         "flow_cpu_s": flow_cpu,
@@ -825,8 +835,12 @@ def compare_samplers(
         run = out / name
         t_ns = _variant_time_ns(run, time_ns)
         cfg = PTConfig(temperatures_K=ladder, time_ns=t_ns, **pt_options)
-        kw = dict(flow=flow if uses_flow else None, flow_info=info if uses_flow else None,
-                  progress=progress, observable_residue=observable_residue)  # fmt: skip
+        kw = {
+            "flow": flow if uses_flow else None,
+            "flow_info": info if uses_flow else None,
+            "progress": progress,
+            "observable_residue": observable_residue,
+        }
         log.info("compare-samplers: %s (%s K, %.4g ns)", name, ladder, t_ns)
         res = sample(peptide, run, cfg, **kw)
         if name == "flow_pt":
@@ -877,10 +891,12 @@ def _comparison_table(results: dict[str, dict], budget: float | None) -> list[di
             "cpu_s": r["cpu_s"],
             "flow_cpu_fraction": r["flow_cpu_fraction"],
             "acceptance": {
-                f"{p['temperatures_K'][0]:g}-{p['temperatures_K'][1]:g}": [p["acceptance"],
-                                                                          p["acceptance_se"]]
+                f"{p['temperatures_K'][0]:g}-{p['temperatures_K'][1]:g}": [
+                    p["acceptance"],
+                    p["acceptance_se"],
+                ]
                 for p in r["pairs"].values()
-            },  # fmt: skip
+            },
             "round_trips": r["round_trips"],
             "round_trips_per_ns": r["round_trips_per_ns"],
             "nonfinite_proposals": r["nonfinite_proposals"],
@@ -917,13 +933,17 @@ def render_comparison(doc: dict) -> str:
         f"Requested {doc['time_ns_requested']:g} ns per replica for the flow-PT ladder; its process "
         f"CPU time ({doc['cpu_budget_s']:.0f} s) is the budget"
         + (" the other variants were extended to match." if doc["match_cpu"] else "."),
-        "Slow observable at the lowest temperature: left-handed region population (phi > 0); "
-        "psi_alpha (-2 < psi < 1 rad) and the potential energy as faster checks. tau from Sokal's "
-        "automatic window (c = 5), errors from Sokal's large-N formula: with few transitions "
-        "they are underestimates.",
+        (
+            "Slow observable at the lowest temperature: left-handed region population (phi > 0); "
+            "psi_alpha (-2 < psi < 1 rad) and the potential energy as faster checks. tau from "
+            "Sokal's automatic window (c = 5), errors from Sokal's large-N formula: with few "
+            "transitions they are underestimates."
+        ),
         "",
-        "| variant | T / K | ps | CPU s | flow CPU | acceptance per pair | round trips / ns | "
-        "P(phi>0) | transitions | tau / ps | ESS | ESS / CPU h | vs plain |",
+        (
+            "| variant | T / K | ps | CPU s | flow CPU | acceptance per pair | round trips / ns | "
+            "P(phi>0) | transitions | tau / ps | ESS | ESS / CPU h | vs plain |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["table"]:
@@ -940,14 +960,18 @@ def render_comparison(doc: dict) -> str:
             f"{_pm(o.get('ess_per_cpu_hour', math.nan), o.get('ess_per_cpu_hour_error'))} | "
             f"{_pm(o.get('ratio_to_plain', math.nan), o.get('ratio_to_plain_error'), '.2f')} |"
         )
-    lines += ["", "Other observables at the lowest temperature (ESS per CPU hour, ratio to plain):", ""]
+    lines += [
+        "",
+        "Other observables at the lowest temperature (ESS per CPU hour, ratio to plain):",
+        "",
+    ]
     for r in doc["table"]:
         parts = []
         for obs in ("psi_alpha", "energy_kjmol"):
             o = r.get(obs)
             if o:
                 parts.append(f"{obs}: {_pm(o['ess_per_cpu_hour'], o['ess_per_cpu_hour_error'])} "
-                             f"(x{_pm(o['ratio_to_plain'], o['ratio_to_plain_error'], '.2f')})")  # fmt: skip
+                             f"(ratio to plain {_pm(o['ratio_to_plain'], o['ratio_to_plain_error'], '.2f')})")  # fmt: skip
         lines.append(f"- {r['variant']}: " + "; ".join(parts))
     if doc.get("note"):
         lines += ["", f"Note: {doc['note']}"]
@@ -991,3 +1015,105 @@ def plot_comparison(doc: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+# -------------------------------------------------------------------------- transfer evaluation
+def transfer_table(
+    flow_factory,
+    data_dirs: dict[str, str | Path],
+    pairs: list[tuple[int, int]] | None = None,
+    n_pairs: int = 2000,
+    n_boot: int = 200,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict]:
+    """Naive vs flow swap acceptance for each pair of each peptide (issue 4, transfer), one table.
+
+    ``flow_factory(topology, xyz_nm_by_temperature) -> flow`` gives the flow for a peptide (for a
+    transferable model: the same weights on that peptide's atoms; zero-shot means it was not
+    trained on it). ``data_dirs`` maps a peptide name to its PT folder (held-out frames).
+    ``pairs`` are ladder index pairs (default: neighbours and the full skip 0 <-> K-1). Each
+    acceptance comes from ``moltune.flow.evaluate.evaluate_transport`` (mean and block-bootstrap
+    95% interval over ``n_pairs`` pairs of frames).
+    """
+    from moltune.flow.evaluate import evaluate_transport
+    from moltune.physics.energy import TorchEnergy
+    from moltune.physics.ptdata import load_pt_data
+
+    rows = []
+    for name, d in data_dirs.items():
+        data = load_pt_data(d)
+        temps = [float(t) for t in data.temperatures_K]
+        k = len(temps)
+        todo = pairs or [(i, i + 1) for i in range(k - 1)] + ([(0, k - 1)] if k > 2 else [])
+        energy = TorchEnergy.from_topology(
+            data.topology, solvent=data.metadata.get("solvent", "obc2")
+        ).double()
+        flow = flow_factory(data.topology, data.xyz_nm)
+        for i, j in todo:
+            metrics, _, _ = evaluate_transport(
+                flow, energy.energy, data.xyz_nm[i], data.xyz_nm[j], temps[i], temps[j],
+                n_pairs=n_pairs, n_boot=n_boot, n_roundtrip=8, seed=seed, progress=progress,
+            )  # fmt: skip
+            rows.append({
+                "peptide": name,
+                "pair": [i, j],
+                "temperatures_K": [temps[i], temps[j]],
+                "acceptance_naive": metrics["acceptance_naive"],
+                "acceptance_flow": metrics["acceptance_flow"],
+                "nonfinite_fraction": metrics["nonfinite_fraction"],
+                "frames": [len(data.xyz_nm[i]), len(data.xyz_nm[j])],
+            })  # fmt: skip
+    return rows
+
+
+def render_transfer(rows: list[dict], title: str = "Swap acceptance: naive vs flow") -> str:
+    """Markdown table of :func:`transfer_table` rows (mean [95% interval])."""
+
+    def fmt(a: dict) -> str:
+        lo, hi = a.get("ci95", [math.nan, math.nan])
+        return f"{a['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    lines = [f"# {title}", "", "| peptide | pair / K | naive | flow | non-finite |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        t = r["temperatures_K"]
+        lines.append(f"| {r['peptide']} | {t[0]:g}-{t[1]:g} | {fmt(r['acceptance_naive'])} | "
+                     f"{fmt(r['acceptance_flow'])} | {r['nonfinite_fraction']:.3g} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def run_flow_factory(spec: str):
+    """``flow_factory`` for :func:`transfer_table` from ``--flow``: ``identity`` or a run whose
+    flow is rebuilt for the peptide at hand (same config, its weights) and its coordinate
+    standardisation refitted on that peptide's frames; weights shaped for another molecule (a
+    per-atom layer of another size) raise an error naming them."""
+    if spec == "identity":
+        from moltune.flow.models import IdentityFlow
+
+        return lambda topology, xyz: IdentityFlow()
+    from moltune.common.config import from_dict
+    from moltune.flow.checkpoint import resolve_checkpoint
+    from moltune.flow.train import FlowConfig, build_flow
+
+    ckpt = resolve_checkpoint(spec)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    meta = state["hyper_parameters"]["moltune"]
+    weights = {
+        k[len("flow.") :]: v for k, v in state["state_dict"].items() if k.startswith("flow.")
+    }
+
+    def factory(topology, xyz_by_temperature):
+        flow = build_flow(from_dict(FlowConfig, meta["flow_config"], "flow"), topology)
+        own = flow.state_dict()
+        keep = {k: v for k, v in weights.items()
+                if not k.startswith("representation.") and k in own}  # fmt: skip
+        bad = [k for k, v in keep.items() if own[k].shape != v.shape]
+        if bad:
+            raise UserError(f"the flow in {ckpt} is not transferable to this molecule: weights "
+                            f"{bad[:3]} have molecule-specific shapes")  # fmt: skip
+        flow.load_state_dict(keep, strict=False)
+        flow.representation.fit(np.concatenate(list(xyz_by_temperature)))
+        return flow.eval()
+
+    return factory
