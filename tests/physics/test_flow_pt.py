@@ -328,3 +328,29 @@ def test_transfer_table_naive_vs_flow(aa, plain_run, tmp_path):
     other = build_peptide("AS", minimize=False)
     with pytest.raises(UserError, match="not transferable"):
         factory(other.topology, [other.positions_nm[None]])
+
+
+def test_compare_samplers_writes_table_with_matched_cpu(plain_run, tmp_path):
+    from moltune.flow.pt_sampler import compare_samplers
+
+    opts = {"save_interval_ps": 0.1, "equilibration_ps": 0.2, "checkpoint_interval_ps": 1.0,
+            "seed": 2}  # fmt: skip
+    doc = compare_samplers("AA", "identity", 0.002, tmp_path / "cmp", temperatures_K=TEMPS3,
+                           skip_temperatures_K=(300.0, 670.0), progress=False,
+                           reference_dir=plain_run, **opts)  # fmt: skip
+    for name in ("compare.md", "compare.json", "compare.png"):
+        assert (tmp_path / "cmp" / name).is_file()
+    rows = {r["variant"]: r for r in doc["table"]}
+    assert set(rows) == {"plain_pt", "flow_pt", "flow_skip"}
+    assert rows["flow_skip"]["temperatures_K"] == [300.0, 670.0]
+    budget = doc["cpu_budget_s"]
+    for name in ("plain_pt", "flow_skip"):  # extended (resumed longer) to the flow run's CPU
+        r = rows[name]
+        assert r["cpu_s"] >= 0.8 * budget or r["production_ps"] >= 10 * 2.0 - 1e-9, (name, r)
+    assert rows["flow_skip"]["production_ps"] > rows["flow_pt"]["production_ps"]  # 2 replicas
+    assert rows["plain_pt"]["energy_kjmol"]["ratio_to_plain"] == pytest.approx(1.0)
+    assert "z_vs_reference" in rows["flow_pt"]["psi_alpha"] or not math.isfinite(
+        rows["flow_pt"]["psi_alpha"]["mean_error"] or math.nan
+    )
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| flow_pt |" in md and "ESS / CPU h" in md and "against the long plain PT run" in md

@@ -85,6 +85,8 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
     c.add_argument("--no-skip", action="store_true", help="no 2-replica skip variant")
     c.add_argument("--no-match-cpu", action="store_true",
                    help="run every variant for --time-ns instead of equal CPU time")  # fmt: skip
+    c.add_argument("--reference", default=None, metavar="DIR",
+                   help="long plain PT run of the peptide: populations checked against it")  # fmt: skip
     c.add_argument("--time-ns", type=float, required=True, help="flow-PT time per replica, ns")
     c.add_argument("--out", required=True)
     _pt_options(c, save_interval_ps=0.1)
@@ -130,7 +132,8 @@ def _compare(args: argparse.Namespace) -> int:
         temperatures_K=args.temperatures,
         skip_temperatures_K=None if args.no_skip else tuple(args.skip_temperatures),
         match_cpu=not args.no_match_cpu, progress=not args.no_progress,
-        observable_residue=args.observable_residue, **_pt_kwargs(args),
+        observable_residue=args.observable_residue, reference_dir=args.reference,
+        **_pt_kwargs(args),
     )  # fmt: skip
     print(f"{args.out}/compare.md")
     for r in doc["table"]:

@@ -800,6 +800,7 @@ def compare_samplers(
     max_extension: float = 10.0,
     progress: bool = True,
     observable_residue: int = 0,
+    reference_dir: str | Path | None = None,
     **pt_options: Any,
 ) -> dict:
     """Plain PT vs flow-PT on one ladder (and a 2-replica flow skip), equal CPU; writes a table.
@@ -807,7 +808,9 @@ def compare_samplers(
     Each variant runs in ``out_dir/<variant>`` (resumable). The flow-PT ladder run for
     ``time_ns`` sets the CPU budget; with ``match_cpu`` the other variants are extended (resumed
     with a longer time) until their process CPU time matches it. Writes ``compare.json``,
-    ``compare.md`` and ``compare.png``; returns the JSON content.
+    ``compare.md`` and ``compare.png``; returns the JSON content. ``reference_dir``: a long
+    plain PT run of the same peptide whose lowest-temperature populations every variant is
+    checked against (z-scores; exactness means agreement within the errors).
     """
     from moltune.physics.replica_exchange import PTConfig
 
@@ -853,6 +856,18 @@ def compare_samplers(
                 res = sample(peptide, run, cfg, **kw)
         results[name] = res
     table = _comparison_table(results, budget)
+    reference = None
+    if reference_dir is not None:
+        reference = reference_populations(reference_dir, observable_residue)
+        for row in table:
+            for obs, ref in reference["observables"].items():
+                o = row.get(obs)
+                if o and math.isfinite(
+                    o["mean_error"] if o["mean_error"] is not None else math.nan
+                ):
+                    o["z_vs_reference"] = (o["mean"] - ref["mean"]) / math.hypot(
+                        o["mean_error"], ref["mean_error"]
+                    )
     doc = {
         "peptide": peptide,
         "flow": flow_spec,
@@ -861,6 +876,7 @@ def compare_samplers(
         "cpu_budget_s": budget,
         "match_cpu": match_cpu,
         "note": skip_note,
+        "reference": reference,
         "variants": results,
         "table": table,
     }
@@ -973,9 +989,40 @@ def render_comparison(doc: dict) -> str:
                 parts.append(f"{obs}: {_pm(o['ess_per_cpu_hour'], o['ess_per_cpu_hour_error'])} "
                              f"(ratio to plain {_pm(o['ratio_to_plain'], o['ratio_to_plain_error'], '.2f')})")  # fmt: skip
         lines.append(f"- {r['variant']}: " + "; ".join(parts))
+    ref = doc.get("reference")
+    if ref:
+        head = (
+            f"Populations at {ref['temperature_K']:g} K against the long plain PT run "
+            f"{ref['directory']} ({ref['n_frames']} frames): z = (variant - reference) / "
+            "combined error; |z| < 2 expected for exact samplers."
+        )
+        lines += ["", head, ""]
+        for r in doc["table"]:
+            parts = []
+            for obs, rv in ref["observables"].items():
+                o = r.get(obs, {})
+                parts.append(f"{obs} {_pm(o.get('mean', math.nan), o.get('mean_error'), '.4f')} "
+                             f"vs {_pm(rv['mean'], rv['mean_error'], '.4f')} "
+                             f"(z = {_pm(o.get('z_vs_reference', math.nan), None, '.2f')})")  # fmt: skip
+            lines.append(f"- {r['variant']}: " + "; ".join(parts))
     if doc.get("note"):
         lines += ["", f"Note: {doc['note']}"]
     return "\n".join(lines) + "\n"
+
+
+def reference_populations(directory: str | Path, observable_residue: int = 0) -> dict:
+    """Lowest-temperature observable means (with autocorrelation-aware errors) of a PT run."""
+    from moltune.physics.ptdata import load_pt_data
+    from moltune.physics.timeseries import integrated_autocorrelation
+
+    data = load_pt_data(directory)
+    series = observable_series(data.xyz_nm[0], data.md_topology, observable_residue)
+    return {
+        "directory": str(directory),
+        "temperature_K": float(data.temperatures_K[0]),
+        "n_frames": int(data.n_frames),
+        "observables": {k: integrated_autocorrelation(v).as_dict() for k, v in series.items()},
+    }
 
 
 def plot_comparison(doc: dict, path: str | Path) -> None:
