@@ -397,7 +397,12 @@ class TorchEnergy(torch.nn.Module):
             x = x.unsqueeze(0)
         if self.uses_kernel(x):
             u, g = _run_kernel(x.detach(), self)
-            u, f = u.to(x.dtype), (-g).to(x.dtype)
+            gn = g.numpy()
+            np.negative(gn, out=gn)  # in place, in numpy (see check_coordinates)
+            if x.dtype == torch.float32:
+                u, g = torch.from_numpy(u.numpy().astype(np.float32)), torch.from_numpy(
+                    gn.astype(np.float32))
+            u, f = u.to(x.dtype), g.to(x.dtype)
             return (u[0], f[0]) if squeeze else (u, f)
         us, fs = [], []
         for start in range(0, x.shape[0], chunk_size):
@@ -592,8 +597,13 @@ def check_coordinates(x, n_atoms: int) -> torch.Tensor:
         )
     if not x.is_floating_point():
         raise InvalidInputError(f"coordinates must be float32 or float64, got {x.dtype}")
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        # numpy: torch's multi-threaded elementwise ops cost ~100x more on a busy 2-core CPU
+        all_finite = bool(np.isfinite(x.detach().numpy()).all())
+    else:
+        all_finite = bool(torch.isfinite(x).all())
+    if not all_finite:
+        finite = torch.isfinite(x)
         bad = (~finite).nonzero()[0].tolist()
         what = "NaN" if bool(torch.isnan(x).any()) else "infinite values"
         where = f"configuration {bad[0]}, atom {bad[1]}" if x.dim() == 3 else f"atom {bad[0]}"
