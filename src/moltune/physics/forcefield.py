@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import openmm
-import openmm.app as app
+from openmm import app
 
 Solvent = Literal["obc2", "vacuum"]
 SOLVENTS: tuple[str, ...] = ("obc2", "vacuum")
