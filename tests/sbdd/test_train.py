@@ -106,8 +106,11 @@ def test_run_folder_metrics_and_checkpoints(healthy_run):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["mode"] == "adapter" and cfg["max_steps"] == 4
     df = pd.read_csv(out / "metrics.csv")
-    for col in ("train/loss", "val/loss", "val/validity", "val/connectivity", "val/qed",
-                "val/sa", "adapter/gamma_mean", "adapter/gamma_std", "adapter/beta_mean",
+    # QED / SA are logged only when some molecule is valid and connected (else undefined)
+    has_good = (df.get("val/valid_and_connected", pd.Series(dtype=float)).fillna(0) > 0).any()
+    assert ("val/qed" in df.columns) == bool(has_good)
+    for col in ("train/loss", "val/loss", "val/validity", "val/connectivity", "val/n_samples",
+                "adapter/gamma_mean", "adapter/gamma_std", "adapter/beta_mean",
                 "adapter/beta_std", "adapter/gamma_drift", "adapter/grad_norm"):
         assert col in df.columns, col
     assert df["train/loss"].notna().sum() == 4

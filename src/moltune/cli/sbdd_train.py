@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=("validity", "connectivity", "valid_and_connected", "qed", "sa"))
     b.add_argument("--film-hidden-dims", type=int, nargs="+", default=[128])
     b.add_argument("--max-pockets", type=int, default=0, help="use the first N pockets only")
+    b.add_argument("--pockets", nargs="+", default=[], metavar="ID",
+                   help="use only these complexes of the split")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared CPU more threads can be far slower)")
@@ -100,7 +102,7 @@ def _baselines(args: argparse.Namespace) -> int:
                          finetuned=list(args.finetuned), split=args.split,
                          timesteps=args.timesteps, metric=args.metric,
                          film_hidden_dims=list(args.film_hidden_dims),
-                         max_pockets=args.max_pockets, progress=not args.no_progress,
+                         max_pockets=args.max_pockets, pockets=list(args.pockets), progress=not args.no_progress,
                          threads=args.threads)
     res = run_baselines(cfg)
     print(open(f"{args.out}/baselines.md").read())

@@ -52,6 +52,7 @@ class BaselineConfig:
     random_film_seed: int = 12345
     min_pockets: int = 5
     max_pockets: int = 0
+    pockets: list[str] = field(default_factory=list)  # only these complexes of the split
     embedding: str = "deterministic"
     batch_size: int = 16
     progress: bool = True
@@ -93,6 +94,11 @@ def load_items(cfg: BaselineConfig) -> tuple[list[dict[str, Any]], Path]:
             process_complexes(d, target, embedding=cfg.embedding, progress=cfg.progress)
         d = target
     items = load_processed_split(d, cfg.split)
+    if cfg.pockets:
+        missing = set(cfg.pockets) - {x["name"] for x in items}
+        if missing:
+            raise InvalidInputError(f"pockets {sorted(missing)} not in {d}/{cfg.split}.npz")
+        items = [x for x in items if x["name"] in set(cfg.pockets)]
     if cfg.max_pockets:
         items = items[: cfg.max_pockets]
     if not items:

@@ -25,6 +25,10 @@ LOGGED = {"val/validity": "validity", "val/connectivity": "connectivity", "val/q
           "val/sa": "sa", "val/valid_and_connected": "valid_and_connected"}
 
 
+#: Metrics undefined when no valid, connected molecule was generated.
+OPTIONAL = ("val/qed", "val/sa")
+
+
 def complex_batch(items: Sequence[Mapping[str, Any]], centre: bool = True,
                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Processed complexes -> one batch in the DiffSBDD layout (Å, one-hots 0/1).
@@ -207,7 +211,7 @@ class GenerationEvalCallback(Callback):
         if not self.due(step, max_steps):
             # Re-log the latest values so checkpoint selection always finds its metric.
             if self.history:
-                for k in LOGGED:
+                for k in (k for k in LOGGED if k in self.history[-1]):
                     pl_module.log(k, self.history[-1][k], on_step=False, on_epoch=True,
                                   batch_size=len(self.items))
             return
@@ -216,6 +220,9 @@ class GenerationEvalCallback(Callback):
                                self.seed, self.num_atoms, self.batch_size)
         s = res["summary"]
         values = {k: _finite(s.get(v)) for k, v in LOGGED.items()}
+        # QED / SA are undefined without a valid, connected molecule: not logged then (a NaN
+        # would read as a numerical failure); validity and connectivity are always defined.
+        values = {k: v for k, v in values.items() if math.isfinite(v) or k not in OPTIONAL}
         self.history.append({"step": step, **values})
         for k, v in values.items():
             pl_module.log(k, v, on_step=False, on_epoch=True, batch_size=len(self.items))
