@@ -161,6 +161,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     from moltune.flow.models import count_parameters
 
     torch.set_num_threads(max(1, int(cfg.threads)))
+    torch.set_flush_denormal(True)  # denormal floats make CPU kernels (layer norm, GELU) crawl
     run = RunDir(Path(out))
     last = run.checkpoints / "last.ckpt"
     if resume and not last.exists():
