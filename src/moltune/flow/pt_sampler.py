@@ -1093,23 +1093,29 @@ def plot_comparison(doc: dict, path: str | Path) -> None:
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
     obs = ["phi_positive", "psi_alpha", "energy_kjmol"]
     width = 0.8 / max(len(rows), 1)
+    labels: list[str] = []
+    for r in rows:
+        labels += [p for p in r["acceptance"] if p not in labels]
     for n, r in enumerate(rows):
         v = [r.get(o, {}).get("ess_per_cpu_hour", np.nan) for o in obs]
         e = [r.get(o, {}).get("ess_per_cpu_hour_error", np.nan) for o in obs]
         a0.bar(np.arange(len(obs)) + n * width, v, width, yerr=e, label=r["variant"])
+        for x, val in enumerate(v):
+            if not np.isfinite(val):
+                a0.annotate("n/a", (x + n * width, 0), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=7)  # fmt: skip
         pairs = list(r["acceptance"])
-        a1.errorbar(range(len(pairs)), [r["acceptance"][p][0] for p in pairs],
+        a1.errorbar([labels.index(p) + 0.1 * n for p in pairs],
+                    [r["acceptance"][p][0] for p in pairs],
                     yerr=[r["acceptance"][p][1] for p in pairs], marker="o", ls="",
                     label=r["variant"])  # fmt: skip
-        for x, p in enumerate(pairs):
-            a1.annotate(p, (x, r["acceptance"][p][0]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")  # fmt: skip
+    a1.set_xticks(range(len(labels)), labels)
     a0.set_xticks(np.arange(len(obs)) + 0.4 - width / 2, obs)
     a0.set_ylabel("ESS per CPU hour (lowest T)")
     a0.set_yscale("log")
     a0.legend(fontsize=8)
     a1.set_ylabel("swap acceptance")
-    a1.set_xlabel("pair")
+    a1.set_xlabel("temperature pair / K")
     a1.set_ylim(0, 1)
     a1.legend(fontsize=8)
     fig.suptitle(f"{doc['peptide']}: plain PT vs flow-PT ({doc['flow_name']})")
