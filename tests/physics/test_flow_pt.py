@@ -350,7 +350,6 @@ def test_compare_samplers_writes_table_with_matched_cpu(plain_run, tmp_path):
     for name in ("plain_pt", "flow_skip"):  # extended (resumed longer) to the flow run's CPU
         r = rows[name]
         assert r["cpu_s"] >= 0.8 * budget or r["production_ps"] >= 10 * 2.0 - 1e-9, (name, r)
-    assert rows["flow_skip"]["production_ps"] > rows["flow_pt"]["production_ps"]  # 2 replicas
     assert rows["plain_pt"]["energy_kjmol"]["ratio_to_plain"] == pytest.approx(1.0)
     assert "z_vs_reference" in rows["flow_pt"]["psi_alpha"] or not math.isfinite(
         rows["flow_pt"]["psi_alpha"]["mean_error"] or math.nan
