@@ -28,7 +28,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "forksafe"
 
 
-W = 16  # configurations per SIMD block: the innermost loops run over these lanes
+W = 32  # configurations per SIMD block: the innermost loops run over these lanes (>= 16:
+# LLVM does not vectorize loops with fewer iterations when they need runtime alias checks)
 FM = {"contract", "nsz", "arcp"}
 
 
