@@ -133,6 +133,7 @@ def energy_forces(
         dborn = np.empty((N, W))
         du_db = np.empty((N, W))
         theta = np.empty(W)
+        tw = np.empty(16 * W)  # torsion work rows, tw[row * W + lane]
         for blk in range(item * n_blocks // n_items, (item + 1) * n_blocks // n_items):
             b0 = blk * W
             for l in range(W):  # lanes past the end repeat the last configuration
@@ -144,7 +145,7 @@ def energy_forces(
                 xt, pi, pj, nb_qq, nb_a, nb_c, floor, eps_len,
                 has_gb, gb_or, gb_sr, gb_rb, gb_self, gb_ace, gb_re, gb_pair,
                 bidx, b_r0, b_k, aidx, a_th0, a_k, tidx, t_cos, t_sin, t_const, eps_dih,
-                gt, u, dbb, cf, dv_ij, dv_ji, integ, born, dborn, du_db, theta,
+                gt, u, dbb, cf, dv_ij, dv_ji, integ, born, dborn, du_db, theta, tw,
             )
             for l in range(min(W, B - b0)):
                 v = u[l]
@@ -188,7 +189,7 @@ def _block(
     xt, pi, pj, nb_qq, nb_a, nb_c, floor, eps_len,
     has_gb, gb_or, gb_sr, gb_rb, gb_self, gb_ace, gb_re, gb_pair,
     bidx, b_r0, b_k, aidx, a_th0, a_k, tidx, t_cos, t_sin, t_const, eps_dih,
-    gt, u, dbb, cf, dv_ij, dv_ji, integ, born, dborn, du_db, theta,
+    gt, u, dbb, cf, dv_ij, dv_ji, integ, born, dborn, du_db, theta, tw,
 ):
     """Energies u[W] and gradients gt[N, 3, W] of the W configurations xt[N, 3, W]."""
     N = xt.shape[0]
@@ -371,10 +372,11 @@ def _block(
             gt[j, 0, l] -= gax + gcx
             gt[j, 1, l] -= gay + gcy
             gt[j, 2, l] -= gaz + gcz
-    # ---- torsions
+    # ---- torsions, in four lane loops so that the first three vectorize (an inner loop
+    # over periodicities or stores into several rows of gt would stop that)
     for k in range(tidx.shape[0]):
         i0, i1, i2, i3 = tidx[k, 0], tidx[k, 1], tidx[k, 2], tidx[k, 3]
-        for l in range(W):
+        for l in range(W):  # cos/sin of the dihedral and d(angle) factors
             t1x = xt[i1, 0, l] - xt[i0, 0, l]
             t1y = xt[i1, 1, l] - xt[i0, 1, l]
             t1z = xt[i1, 2, l] - xt[i0, 2, l]
@@ -392,51 +394,75 @@ def _block(
             m2z = t2x * t3y - t2y * t3x
             b2 = math.sqrt(t2x * t2x + t2y * t2y + t2z * t2z + eps2)
             cxv = m1x * m2x + m1y * m2y + m1z * m2z
-            t1n2 = t1x * m2x + t1y * m2y + t1z * m2z
-            syv = b2 * t1n2
+            syv = b2 * (t1x * m2x + t1y * m2y + t1z * m2z)
             rho2 = cxv * cxv + syv * syv + eps_dih
-            inv_rho = 1.0 / math.sqrt(rho2)
-            c1 = cxv * inv_rho
-            s1 = syv * inv_rho
-            cn = c1
-            sn_ = s1
-            de = 0.0
-            ut = 0.0
-            for n in range(nmax):
-                if n > 0:
-                    cn, sn_ = cn * c1 - sn_ * s1, sn_ * c1 + cn * s1
-                ut += t_cos[k, n] * cn + t_sin[k, n] * sn_
-                de += (n + 1) * (t_sin[k, n] * cn - t_cos[k, n] * sn_)
-            u[l] += ut
-            dcx = -de * syv / rho2  # dE/dcx
-            dsy = de * cxv / rho2  # dE/dsy
+            inv_rho2 = 1.0 / rho2
+            inv_rho = math.sqrt(inv_rho2)
+            tw[0 * W + l] = cxv * inv_rho  # cos phi
+            tw[1 * W + l] = syv * inv_rho  # sin phi
+            tw[2 * W + l] = -syv * inv_rho2  # dE/dcx = de * this
+            tw[3 * W + l] = cxv * inv_rho2  # dE/dsy = de * this
+            tw[4 * W + l] = 1.0  # cos(n phi), n = 0
+            tw[5 * W + l] = 0.0  # sin(n phi)
+            tw[6 * W + l] = 0.0  # de = dE/dphi
+        for n in range(nmax):
+            tc, ts = t_cos[k, n], t_sin[k, n]
+            for l in range(W):
+                c1 = tw[0 * W + l]
+                s1 = tw[1 * W + l]
+                c0 = tw[4 * W + l]
+                s0 = tw[5 * W + l]
+                cn = c0 * c1 - s0 * s1
+                sn_ = s0 * c1 + c0 * s1
+                tw[4 * W + l] = cn
+                tw[5 * W + l] = sn_
+                u[l] += tc * cn + ts * sn_
+                tw[6 * W + l] += (n + 1) * (ts * cn - tc * sn_)
+        for l in range(W):  # gradients on the three bond vectors
+            t1x = xt[i1, 0, l] - xt[i0, 0, l]
+            t1y = xt[i1, 1, l] - xt[i0, 1, l]
+            t1z = xt[i1, 2, l] - xt[i0, 2, l]
+            t2x = xt[i2, 0, l] - xt[i1, 0, l]
+            t2y = xt[i2, 1, l] - xt[i1, 1, l]
+            t2z = xt[i2, 2, l] - xt[i1, 2, l]
+            t3x = xt[i3, 0, l] - xt[i2, 0, l]
+            t3y = xt[i3, 1, l] - xt[i2, 1, l]
+            t3z = xt[i3, 2, l] - xt[i2, 2, l]
+            m1x = t1y * t2z - t1z * t2y
+            m1y = t1z * t2x - t1x * t2z
+            m1z = t1x * t2y - t1y * t2x
+            m2x = t2y * t3z - t2z * t3y
+            m2y = t2z * t3x - t2x * t3z
+            m2z = t2x * t3y - t2y * t3x
+            b2 = math.sqrt(t2x * t2x + t2y * t2y + t2z * t2z + eps2)
+            t1n2 = t1x * m2x + t1y * m2y + t1z * m2z
+            de = tw[6 * W + l]
+            dcx = de * tw[2 * W + l]
+            dsy = de * tw[3 * W + l]
             # d cx/dt1 = t2 x m2 ; d sy/dt1 = b2 m2
-            g1x = dcx * (t2y * m2z - t2z * m2y) + dsy * b2 * m2x
-            g1y = dcx * (t2z * m2x - t2x * m2z) + dsy * b2 * m2y
-            g1z = dcx * (t2x * m2y - t2y * m2x) + dsy * b2 * m2z
+            tw[7 * W + l] = dcx * (t2y * m2z - t2z * m2y) + dsy * b2 * m2x
+            tw[8 * W + l] = dcx * (t2z * m2x - t2x * m2z) + dsy * b2 * m2y
+            tw[9 * W + l] = dcx * (t2x * m2y - t2y * m2x) + dsy * b2 * m2z
             # d cx/dt3 = m1 x t2 ; d sy/dt3 = b2 m1
-            g3x = dcx * (m1y * t2z - m1z * t2y) + dsy * b2 * m1x
-            g3y = dcx * (m1z * t2x - m1x * t2z) + dsy * b2 * m1y
-            g3z = dcx * (m1x * t2y - m1y * t2x) + dsy * b2 * m1z
+            tw[13 * W + l] = dcx * (m1y * t2z - m1z * t2y) + dsy * b2 * m1x
+            tw[14 * W + l] = dcx * (m1z * t2x - m1x * t2z) + dsy * b2 * m1y
+            tw[15 * W + l] = dcx * (m1x * t2y - m1y * t2x) + dsy * b2 * m1z
             # d cx/dt2 = m2 x t1 + t3 x m1 ; d sy/dt2 = t2/b2 (t1.m2) + b2 (t3 x t1)
-            g2x = dcx * ((m2y * t1z - m2z * t1y) + (t3y * m1z - t3z * m1y)) + dsy * (
+            tw[10 * W + l] = dcx * ((m2y * t1z - m2z * t1y) + (t3y * m1z - t3z * m1y)) + dsy * (
                 t2x / b2 * t1n2 + b2 * (t3y * t1z - t3z * t1y))
-            g2y = dcx * ((m2z * t1x - m2x * t1z) + (t3z * m1x - t3x * m1z)) + dsy * (
+            tw[11 * W + l] = dcx * ((m2z * t1x - m2x * t1z) + (t3z * m1x - t3x * m1z)) + dsy * (
                 t2y / b2 * t1n2 + b2 * (t3z * t1x - t3x * t1z))
-            g2z = dcx * ((m2x * t1y - m2y * t1x) + (t3x * m1y - t3y * m1x)) + dsy * (
+            tw[12 * W + l] = dcx * ((m2x * t1y - m2y * t1x) + (t3x * m1y - t3y * m1x)) + dsy * (
                 t2z / b2 * t1n2 + b2 * (t3x * t1y - t3y * t1x))
-            gt[i0, 0, l] -= g1x
-            gt[i0, 1, l] -= g1y
-            gt[i0, 2, l] -= g1z
-            gt[i1, 0, l] += g1x - g2x
-            gt[i1, 1, l] += g1y - g2y
-            gt[i1, 2, l] += g1z - g2z
-            gt[i2, 0, l] += g2x - g3x
-            gt[i2, 1, l] += g2y - g3y
-            gt[i2, 2, l] += g2z - g3z
-            gt[i3, 0, l] += g3x
-            gt[i3, 1, l] += g3y
-            gt[i3, 2, l] += g3z
+        for c in range(3):  # scatter onto the four atoms
+            for l in range(W):
+                g1 = tw[(7 + c) * W + l]
+                g2 = tw[(10 + c) * W + l]
+                g3 = tw[(13 + c) * W + l]
+                gt[i0, c, l] -= g1
+                gt[i1, c, l] += g1 - g2
+                gt[i2, c, l] += g2 - g3
+                gt[i3, c, l] += g3
 
 
 def kernel_arrays(module) -> tuple:
