@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
 
     from moltune.common.config import load_config
     from moltune.flow.losses import transport_terms
