@@ -216,3 +216,26 @@ def test_standin_training_writes_loadable_diffsbdd_checkpoint_and_resumes(tiny, 
     assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
     assert load_checkpoint(tmp_path / "standin" / "checkpoints" / "standin.ckpt"
                            ).meta["global_step"] == 5
+
+
+def test_standin_ema_checkpoint_is_the_weight_average(tiny, tmp_path):
+    """With ema_decay d, standin.ckpt holds d * initial + (1 - d) * trained after one step
+    (one complex, batch of two copies)."""
+    from moltune.sbdd.checkpoint import load_checkpoint
+    from moltune.sbdd.standin import StandinConfig, build_model, load_items, train_standin
+
+    cfg = StandinConfig(data=str(tiny["processed"]), out=str(tmp_path / "ema"),
+                        complexes=["3rfm"], steps=1, batch_size=2, save_every=1, warmup_steps=1,
+                        ema_decay=0.25, eval_n_samples=1, eval_timesteps=2, threads=1,
+                        egnn_overrides={"hidden_nf": 16, "n_layers": 1, "edge_cutoff_pocket": 0.5})
+    train_standin(cfg, progress=False)
+    items = load_items(tiny["processed"], cfg.splits, cfg.complexes)
+    w0 = build_model(cfg, items).diffsbdd_state_dict()
+    w1 = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.ckpt").state_dict
+    ema = load_checkpoint(tmp_path / "ema" / "checkpoints" / "standin.ckpt").state_dict
+    moved = 0
+    for k, v in ema.items():
+        if v.is_floating_point():
+            assert torch.allclose(v, 0.25 * w0[k] + 0.75 * w1[k], atol=1e-6), k
+            moved += int(not torch.allclose(w0[k], w1[k]))
+    assert moved > 0

@@ -82,6 +82,7 @@ class StandinConfig:
     min_lr_fraction: float = 0.1  # cosine decay to this fraction of lr at the last step
     grad_clip: float = 2.0
     t_power: float = 1.0  # t_int = round(T * u**t_power); > 1 favours small noise levels
+    ema_decay: float = 0.0  # EMA of weights (DiffSBDD: 0.999); standin.ckpt holds the EMA
     save_every: int = 100
     eval_n_samples: int = 4
     eval_timesteps: int = 100
@@ -195,6 +196,11 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     model = build_model(cfg, items)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             amsgrad=True)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = copy.deepcopy(model).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
     start = 0
     last = run.checkpoints / "last.ckpt"
     metrics_lines = ["step,lr,train/loss,train/grad_norm,seconds"]
@@ -205,6 +211,10 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
         opt_path = run.checkpoints / "last.opt.pt"
         if opt_path.is_file():
             opt.load_state_dict(torch.load(opt_path, weights_only=True))
+        ema_path = run.checkpoints / "ema.ckpt"
+        if ema is not None:
+            src = load_checkpoint(ema_path) if ema_path.is_file() else ck
+            ema.load_diffsbdd_state_dict(src.state_dict, where=str(ema_path))
         if run.metrics.is_file():
             metrics_lines = [ln for ln in run.metrics.read_text().splitlines()
                              if ln and (ln.startswith("step") or int(ln.split(",")[0]) <= start)]
@@ -222,7 +232,8 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        idx = rng.choice(len(items), size=min(cfg.batch_size, len(items)), replace=False)
+        # fewer complexes than batch_size: repeat them (different noise levels per copy)
+        idx = rng.choice(len(items), size=cfg.batch_size, replace=len(items) < cfg.batch_size)
         batch = complex_batch([items[i] for i in idx])
         u = torch.rand(len(idx), generator=gen)
         t_int = torch.round(T * u ** cfg.t_power).long().clamp(0, T)
@@ -232,6 +243,10 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
         gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         if math.isfinite(out.loss.item()) and math.isfinite(gn):
             opt.step()
+            if ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
+                                         1.0 - cfg.ema_decay)
         loss = float(out.loss.item())
         loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
         metrics_lines.append(f"{step + 1},{lr_at(step, cfg):.6g},{loss:.6g},{gn:.6g},"
@@ -240,10 +255,12 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save(model, last, step + 1, cfg, {})
             torch_save(run.checkpoints / "last.opt.pt", opt.state_dict())
+            if ema is not None:
+                _save(ema, run.checkpoints / "ema.ckpt", step + 1, cfg, {})
             write_text(run.metrics, "\n".join(metrics_lines) + "\n")
     bar.close()
     write_text(run.metrics, "\n".join(metrics_lines) + "\n")
-    final = _save(model, run.checkpoints / "standin.ckpt", cfg.steps, cfg,
+    final = _save(ema if ema is not None else model, run.checkpoints / "standin.ckpt", cfg.steps, cfg,
                   {"complexes": [d["name"] for d in items]})
     result = evaluate_standin(final, items, cfg, run)
     result["train_seconds_this_session"] = round(time.perf_counter() - t0, 1)
