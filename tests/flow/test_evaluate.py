@@ -155,6 +155,7 @@ def test_broken_forward_direction_is_named(tmp_path):
     assert m["jeffreys_kt"] == math.inf
     assert m["reconstruction_rmsd_nm"] < 1e-12
     report = render_report(m, details)
+    assert "helps but is not faithful" in report
     assert "forward (300 K -> 450 K) direction fails" in report
     assert "Inverse (450 K -> 300 K) passes" in report
     assert "100 of 400 transformed frames are non-finite" in report

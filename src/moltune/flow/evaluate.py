@@ -493,10 +493,14 @@ def render_report(metrics: dict, details: dict, figures: list[str] | None = None
         )
     else:
         what = " and ".join(broken)
+        fails = "directions fail" if len(broken) > 1 else "direction fails"
+        head = (
+            "**The transport helps but is not faithful**" if improved
+            else "**The transport does not work**"
+        )  # fmt: skip
         verdict = (
-            f"**The transport does not work**: the {what} direction{'s fail' if len(broken) > 1 else ' fails'}. "
-            f"Swap acceptance through the flow is {_p(af['mean'])} against {_p(an['mean'])} for "
-            "the naive swap."
+            f"{head}: the {what} {fails} the checks below. Swap acceptance through the flow is "
+            f"{_p(af['mean'])} against {_p(an['mean'])} for the naive swap."
         )
     lines += [verdict, ""]
     for name, d in ((fwd, "forward"), (inv, "inverse")):
