@@ -28,19 +28,6 @@ CONFIGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def golden():
-    return torch.load(FIXTURE / "golden_io.pt", weights_only=True)
-
-
 @pytest.fixture(scope="module")
 def base():
     return LigandDiffusionModel.from_checkpoint(CKPT)

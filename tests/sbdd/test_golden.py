@@ -28,20 +28,6 @@ pytestmark = pytest.mark.skipif(not CKPT.is_file(), reason="DiffSBDD fixture not
 F32, F64 = torch.float32, torch.float64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The reference numbers do not depend on it; it keeps the suite fast on a busy 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def golden():
-    return torch.load(FIXTURE / "golden_io.pt", weights_only=True)
-
-
 @pytest.fixture(scope="module")
 def models():
     m32 = LigandDiffusionModel.from_checkpoint(CKPT)
