@@ -363,15 +363,19 @@ def _block(
             gcx = ds * (ny * az - nz * ay) + dc * ax
             gcy = ds * (nz * ax - nx * az) + dc * ay
             gcz = ds * (nx * ay - ny * ax) + dc * az
-            gt[i, 0, l] += gax
-            gt[i, 1, l] += gay
-            gt[i, 2, l] += gaz
-            gt[m, 0, l] += gcx
-            gt[m, 1, l] += gcy
-            gt[m, 2, l] += gcz
-            gt[j, 0, l] -= gax + gcx
-            gt[j, 1, l] -= gay + gcy
-            gt[j, 2, l] -= gaz + gcz
+            tw[0 * W + l] = gax
+            tw[1 * W + l] = gay
+            tw[2 * W + l] = gaz
+            tw[3 * W + l] = gcx
+            tw[4 * W + l] = gcy
+            tw[5 * W + l] = gcz
+        for c in range(3):  # scatter apart, so that the loop above vectorizes
+            for l in range(W):
+                ga = tw[c * W + l]
+                gc = tw[(3 + c) * W + l]
+                gt[i, c, l] += ga
+                gt[m, c, l] += gc
+                gt[j, c, l] -= ga + gc
     # ---- torsions, in four lane loops so that the first three vectorize (an inner loop
     # over periodicities or stores into several rows of gt would stop that)
     for k in range(tidx.shape[0]):
