@@ -126,14 +126,13 @@ def _energy(topology, solvent: str):
 
 
 def _callbacks(cfg: TrainConfig, run) -> list:
-    from lightning.pytorch.callbacks import LearningRateMonitor  # noqa: F401
-
     callbacks: list = []
     kwargs = {
         "dirpath": run.checkpoints, "filename": "step{step:06d}-acc{val/acceptance_flow:.4f}",
         "auto_insert_metric_name": False, "save_last": True, "save_top_k": cfg.top_k,
         "monitor": "val/acceptance_flow" if cfg.validate else None, "mode": "max",
-        "every_n_train_steps": cfg.val_every_steps if cfg.validate else None,
+        # save right after each validation, so a checkpoint's score is its own
+        "save_on_train_epoch_end": not cfg.validate,
     }  # fmt: skip
     if not cfg.validate:
         kwargs.update(save_top_k=1, filename="step{step:06d}")
