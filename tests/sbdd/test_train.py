@@ -239,3 +239,17 @@ def test_standin_ema_checkpoint_is_the_weight_average(tiny, tmp_path):
             assert torch.allclose(v, 0.25 * w0[k] + 0.75 * w1[k], atol=1e-6), k
             moved += int(not torch.allclose(w0[k], w1[k]))
     assert moved > 0
+
+
+def test_centre_ligand_on_pocket_moves_the_ligand_rigidly(tiny):
+    from scipy.spatial.distance import pdist
+
+    from moltune.sbdd.standin import centre_ligand_on_pocket, load_items
+
+    d = load_items(tiny["processed"], ["train", "val"], ["3rfm"])[0]
+    c = centre_ligand_on_pocket(d)
+    lig, new = np.asarray(d["lig_coords"], float), np.asarray(c["lig_coords"], float)
+    assert np.linalg.norm(lig.mean(0) - np.asarray(d["pocket_coords"]).mean(0)) > 0.5
+    np.testing.assert_allclose(new.mean(0), np.asarray(d["pocket_coords"]).mean(0), atol=1e-4)
+    np.testing.assert_allclose(pdist(new), pdist(lig), atol=1e-4)
+    assert c["pocket_coords"] is d["pocket_coords"]

@@ -82,6 +82,10 @@ class StandinConfig:
     min_lr_fraction: float = 0.1  # cosine decay to this fraction of lr at the last step
     grad_clip: float = 2.0
     t_power: float = 1.0  # t_int = round(T * u**t_power); > 1 favours small noise levels
+    # Sampling fixes the ligand centre of mass at the pocket's (DiffSBDD); training a memorising
+    # model on crystal poses (offset 0.6-3 Å) mismatches that, so optionally translate each
+    # ligand rigidly onto its pocket's centre of mass (internal geometry unchanged).
+    ligand_at_pocket_com: bool = False
     ema_decay: float = 0.0  # EMA of weights (DiffSBDD: 0.999); standin.ckpt holds the EMA
     save_every: int = 100
     eval_n_samples: int = 4
@@ -147,6 +151,13 @@ def load_items(pdir: Path, splits: list[str], complexes: list[str]) -> list[dict
     return items
 
 
+def centre_ligand_on_pocket(d: dict[str, Any]) -> dict[str, Any]:
+    """Copy of a complex with the ligand translated (Å) so its centre of mass is the pocket's."""
+    lig = np.asarray(d["lig_coords"], dtype=np.float64)
+    shift = np.asarray(d["pocket_coords"], dtype=np.float64).mean(0) - lig.mean(0)
+    return {**d, "lig_coords": (lig + shift).astype(np.asarray(d["lig_coords"]).dtype)}
+
+
 def lr_at(step: int, cfg: StandinConfig) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_fraction * lr``."""
     if step < cfg.warmup_steps:
@@ -193,6 +204,8 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     run.write_config(cfg)
     pdir = processed_dir(cfg.data, run.path, cfg.embedding)
     items = load_items(pdir, list(cfg.splits), list(cfg.complexes))
+    if cfg.ligand_at_pocket_com:
+        items = [centre_ligand_on_pocket(d) for d in items]
     model = build_model(cfg, items)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             amsgrad=True)
