@@ -12,10 +12,9 @@ from moltune.common.io import atomic_path, save_npz, write_json
 def test_atomic_write_leaves_old_file_on_error(tmp_path):
     target = tmp_path / "data.json"
     write_json(target, {"a": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half-written")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half-written")
+        raise RuntimeError("interrupted")
     assert target.read_text().strip().startswith("{")
     assert list(tmp_path.iterdir()) == [target]
 

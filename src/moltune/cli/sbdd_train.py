@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +106,7 @@ def _baselines(args: argparse.Namespace) -> int:
                          max_pockets=args.max_pockets, pockets=list(args.pockets), progress=not args.no_progress,
                          threads=args.threads)
     res = run_baselines(cfg)
-    print(open(f"{args.out}/baselines.md").read())
+    print(Path(args.out, "baselines.md").read_text())
     return 0 if res["controls_passed"] else 1
 
 

@@ -10,8 +10,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -63,17 +64,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """Save arrays to an uncompressed ``.npz`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return Path(path)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Save one array to ``.npy`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
     return Path(path)
 
 

@@ -18,7 +18,6 @@ full fine-tuning, ``model-*.ckpt`` in the DiffSBDD layout), ``plots/``, ``report
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -131,7 +130,7 @@ class FinetuneConfig:
         if self.mode not in ("adapter", "full"):
             raise InvalidInputError(f"mode must be 'adapter' or 'full', got {self.mode!r}")
         if self.optim.schedule not in ("cosine", "constant"):
-            raise InvalidInputError(f"optim.schedule must be cosine or constant")
+            raise InvalidInputError("optim.schedule must be cosine or constant")
         if not (self.data.processed or self.data.complexes):
             raise InvalidInputError("set data.processed (processed folder) or data.complexes")
         if self.max_steps < 1 or self.batch_size < 1 or self.val_every_n_steps < 1:
@@ -424,7 +423,7 @@ def _flat_metrics(run_dir: Path) -> dict[str, Any]:
             continue
         s = df[c].dropna()
         if len(s):
-            out[c] = {"last": float(s.iloc[-1]), "n": int(len(s))}
+            out[c] = {"last": float(s.iloc[-1]), "n": len(s)}
     return out
 
 
