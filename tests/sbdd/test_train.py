@@ -19,32 +19,9 @@ SPLIT = {"3rfm": "train", "1w1p": "train", "1fbh": "val", "8bch": "val"}
 pytestmark = pytest.mark.skipif(not COMPLEXES.is_dir(), reason="shared complexes not available")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a shared, oversubscribed CPU, two intra-op threads can be 1000x slower than one.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from moltune.sbdd.data import load_processed_split, process_complexes
-    from moltune.sbdd.standin import tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("sbdd_train")
-    src = root / "src"
-    src.mkdir()
-    for cid in SPLIT:
-        (src / cid).symlink_to((COMPLEXES / cid).resolve())
-    proc = root / "processed"
-    process_complexes(src, proc, split=SPLIT, embedding="deterministic", progress=False)
-    items = load_processed_split(proc, "train") + load_processed_split(proc, "val")
-    ckpt = tiny_checkpoint(root / "tiny.ckpt", items, hidden_nf=16, n_layers=1, joint_nf=8)
-    return {"root": root, "processed": proc, "ckpt": ckpt}
+def tiny(tiny_sbdd_factory):
+    return tiny_sbdd_factory(SPLIT, "sbdd_train")
 
 
 def _cfg(tiny, out, **kw):
