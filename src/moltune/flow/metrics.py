@@ -43,29 +43,19 @@ __all__ = [
 def integrated_autocorr_time(series: np.ndarray, c: float = 5.0) -> float:
     """Integrated autocorrelation time (in frames, >= 1) with Sokal's self-consistent window.
 
-    tau = 1 + 2 sum_{t=1}^{M} rho(t), M the smallest window with M >= c * tau. Non-finite values
-    are replaced by the median of the finite ones; a constant series gives 1.
+    The estimator is ``moltune.physics.timeseries.integrated_autocorrelation``; here non-finite
+    values are replaced by the median of the finite ones and a constant or too-short series gives
+    1, so block sizes for the bootstrap are always defined.
     """
+    from moltune.physics.timeseries import integrated_autocorrelation
+
     x = np.asarray(series, dtype=np.float64).ravel()
-    n = x.size
-    if n < 4:
-        return 1.0
     finite = np.isfinite(x)
     if not finite.any():
         return 1.0
     x = np.where(finite, x, np.median(x[finite]))
-    x = x - x.mean()
-    var = float(np.dot(x, x)) / n
-    if var <= 0.0:
-        return 1.0
-    nfft = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(x, nfft)
-    acf = np.fft.irfft(f * np.conj(f), nfft)[:n] / (n * var)
-    tau_partial = 2.0 * np.cumsum(acf) - 1.0  # tau(M) = 1 + 2 sum_{t=1..M} rho(t)
-    window = np.nonzero(np.arange(n) >= c * tau_partial)[0]
-    window = window[window > 0]
-    tau = tau_partial[window[0]] if window.size else tau_partial[-1]
-    return float(max(1.0, tau))
+    est = integrated_autocorrelation(x, c=c)
+    return float(est.tau) if est.estimable else 1.0
 
 
 def n_time_blocks(*series: np.ndarray, min_blocks: int = 20) -> int:
