@@ -378,10 +378,7 @@ class TorchEnergy(torch.nn.Module):
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) in kJ/mol, shape [B] (or [] for x [N, 3]); x in nm, float32/float64."""
-        squeeze = x.dim() == 2
-        x = check_coordinates(x, self.n_atoms)
-        if squeeze:
-            x = x.unsqueeze(0)
+        x, squeeze = as_batch(x, self.n_atoms)
         if self.uses_kernel(x):
             u = _KernelEnergy.apply(x, self)
         else:
@@ -392,10 +389,7 @@ class TorchEnergy(torch.nn.Module):
 
     def energy_and_forces(self, x: torch.Tensor, chunk_size: int = 4096):
         """(U [B] kJ/mol, F [B, N, 3] kJ/mol/nm) without keeping a graph, in chunks of configs."""
-        squeeze = x.dim() == 2
-        x = check_coordinates(x, self.n_atoms)
-        if squeeze:
-            x = x.unsqueeze(0)
+        x, squeeze = as_batch(x, self.n_atoms)
         if self.uses_kernel(x):
             u, g = _run_kernel(x.detach(), self)
             gn = g.numpy()
@@ -585,6 +579,13 @@ class _ZeroNaNGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return torch.nan_to_num(g, nan=0.0)
+
+
+def as_batch(x, n_atoms: int) -> tuple[torch.Tensor, bool]:
+    """Validated coordinates as a batch [B, N, 3] (nm), and whether the input was one [N, 3]."""
+    single = getattr(x, "ndim", None) == 2
+    x = check_coordinates(x, n_atoms)
+    return (x.unsqueeze(0) if single else x), single
 
 
 def check_coordinates(x, n_atoms: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
-from moltune.physics.energy import check_coordinates
+from moltune.physics.energy import as_batch, check_coordinates
 
 PLATFORMS = ("Reference", "CPU")
 
@@ -121,10 +121,7 @@ class OpenMMEnergy(torch.nn.Module):
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
         """U(x) [B] (or [] for [N, 3]) in kJ/mol, same dtype/device as x; grads give -forces."""
-        squeeze = x.dim() == 2
-        x = check_coordinates(x, self.n_atoms)
-        if squeeze:
-            x = x.unsqueeze(0)
+        x, squeeze = as_batch(x, self.n_atoms)
         u = _OpenMMFunction.apply(x, self)
         return u[0] if squeeze else u
 
