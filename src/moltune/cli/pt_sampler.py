@@ -9,22 +9,11 @@ import argparse
 
 
 def _pt_options(p: argparse.ArgumentParser, save_interval_ps: float = 1.0) -> None:
-    p.add_argument("--save-interval-ps", type=float, default=save_interval_ps,
-                   help=f"frame interval ({save_interval_ps:g} ps)")  # fmt: skip
-    p.add_argument("--swap-interval-ps", type=float, default=0.1, help="swap interval (0.1 ps)")
-    p.add_argument("--equilibration-ps", type=float, default=10.0,
-                   help="discarded equilibration before saving (10 ps)")  # fmt: skip
-    p.add_argument("--checkpoint-interval-ps", type=float, default=50.0,
-                   help="checkpoint / chunk interval (50 ps)")  # fmt: skip
-    p.add_argument("--timestep-fs", type=float, default=1.0)
-    p.add_argument("--friction-per-ps", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--solvent", default="obc2", choices=("obc2", "vacuum"))
-    p.add_argument("--threads", type=int, default=1, help="OpenMM CPU threads per context")
-    p.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, Reference, CUDA)")
+    from moltune.cli.pt_simulate import add_simulation_options
+
+    add_simulation_options(p, save_interval_ps)
     p.add_argument("--observable-residue", type=int, default=0,
                    help="which phi/psi column the slow observable uses (AA: 0, the only one)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _pt_kwargs(args: argparse.Namespace) -> dict:
