@@ -25,9 +25,9 @@ from moltune.physics.ptdata import (
 from moltune.physics.replica_exchange import (
     PTConfig,
     ReplicaSet,
-    _attempt_swaps,
-    _State,
+    RunState,
     metropolis_accept,
+    plain_swap_move,
     simulate,
     swap_log_acceptance,
     swap_pairs,
@@ -108,7 +108,7 @@ def test_swaps_exchange_configurations_on_openmm_contexts(aa):
         rs.initialize(np.repeat(aa.positions_nm[None], 4, axis=0))
         rs.step(5, False)
         temps, betas = np.asarray(TEMPS), beta(np.asarray(TEMPS))
-        state = _State(0, 0, 0, 0, np.arange(4, dtype=np.int32), np.zeros(3, np.int64),
+        state = RunState(0, 0, 0, 0, np.arange(4, dtype=np.int32), np.zeros(3, np.int64),
                        np.zeros(3, np.int64), np.random.default_rng(7), None, None, [])  # fmt: skip
         energies = np.array([0.0, 1.0 / (betas[0] - betas[1]), 0.0, -5.0 / (betas[2] - betas[3])])
         n_events, acc01 = 600, 0
@@ -116,7 +116,7 @@ def test_swaps_exchange_configurations_on_openmm_contexts(aa):
             state.swap_events = 0  # always the even pairs
             pos0, vel0 = rs.get_states()
             walkers0 = state.walkers.copy()
-            res = _attempt_swaps(rs, state, temps, betas, energies)
+            res = plain_swap_move(rs, state, temps, betas, energies)
             pos1, vel1 = rs.get_states()
             assert res[1] == -1 and res[2] == 1  # odd pair not tried; (2,3) always accepted
             np.testing.assert_allclose(pos1[2], pos0[3], atol=1e-9)

@@ -18,12 +18,9 @@ rescaled). Optional skip pairs (i, j) with j > i + 1 are tried every ``skip_ever
 the neighbour pairs. One uniform number per tried pair comes from the run's swap RNG, so a run is
 reproducible and resumes exactly; with no flow the run *is* ``replica_exchange.simulate``.
 
-Hook. ``replica_exchange`` has no public hook for a custom swap move, so while a flow run goes,
-:func:`_swap_move_installed` replaces its module-level ``_attempt_swaps`` (the move) and wraps
-``_checkpoint`` (this module's per-chunk records are written just before the chunk and state they
-belong to), restoring both afterwards. The hook wanted instead: ``simulate(..., swap_move=None)``
-with ``swap_move(replicas, state, temps, betas, energies) -> int8[K-1]`` and
-``swap_move.flush(out, chunk_index)`` called by ``_checkpoint`` before the chunk is written.
+Hook. :class:`FlowSwapMove` is passed to ``replica_exchange.simulate(..., swap_move=move)``
+(the ``replica_exchange.SwapMove`` signature); its ``flush(out, chunk_index)`` writes this
+module's per-chunk records just before the chunk and the state they belong to.
 
 Outputs (in addition to the ``moltune.physics.ptdata`` layout, which stays readable by
 ``load_pt_data``): ``sampler.json`` (flow, swap plan, CPU time of every call),
@@ -35,12 +32,10 @@ log_alpha D, accepted, nonfinite; flow and energy CPU seconds of the chunk),
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +201,7 @@ class FlowSwapMove:
         return rng.standard_normal(self.v_sigma[k].shape[:1] + (3,)) * self.v_sigma[k]
 
     def __call__(self, replicas, state, temps, betas, energies) -> np.ndarray:
-        """One swap event (``replica_exchange._attempt_swaps`` signature and return value)."""
+        """One swap event (``replica_exchange.SwapMove``): int8 [K-1] for the neighbour pairs."""
         c0 = time.process_time()
         try:
             return self._event(replicas, state, temps, betas, energies)
@@ -282,7 +277,6 @@ class FlowSwapMove:
         updates = {s: (pos[s], vel[s]) for s in sorted(changed | plain_changed)}
         if updates:
             replicas.set_states(updates)
-        state.swap_events += 1
         return result
 
     def _record(self, event, t_ps, i, j, kind, d, ok, bad) -> None:
@@ -331,34 +325,6 @@ class _TimedFlow(torch.nn.Module):
             return self.inner.inverse(y, t_s, t_t)
         finally:
             self.cpu_s += time.process_time() - c
-
-
-_HOOK_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _swap_move_installed(move: FlowSwapMove):
-    """Install ``move`` as replica_exchange's swap move for the duration (see module doc)."""
-    import moltune.physics.replica_exchange as rx
-
-    missing = [n for n in ("_attempt_swaps", "_checkpoint") if not hasattr(rx, n)]
-    if missing:
-        raise RuntimeError(
-            f"moltune.physics.replica_exchange has no {missing}; the flow-PT hook needs updating"
-        )
-    with _HOOK_LOCK:
-        orig_swap, orig_ckpt = rx._attempt_swaps, rx._checkpoint
-
-        def checkpoint(replicas, state, buf, out, cfg):
-            if buf["time_ps"] or buf["swap_time_ps"]:  # the same test that writes a chunk
-                move.flush(out, state.n_chunks)
-            orig_ckpt(replicas, state, buf, out, cfg)
-
-        rx._attempt_swaps, rx._checkpoint = move, checkpoint
-        try:
-            yield
-        finally:
-            rx._attempt_swaps, rx._checkpoint = orig_swap, orig_ckpt
 
 
 # ----------------------------------------------------------------------------------- the driver
@@ -502,9 +468,8 @@ def sample(
             move._propose(np.repeat(peptide.positions_nm[None], len(temps), 0), [(0, 1)])
             move.buf = _Buffer()
             c0, w0 = time.process_time(), time.perf_counter()
-            with _swap_move_installed(move):
-                res = simulate(peptide, out, cfg, progress=progress,
-                               stop_after_chunks=stop_after_chunks)  # fmt: skip
+            res = simulate(peptide, out, cfg, progress=progress,
+                           stop_after_chunks=stop_after_chunks, swap_move=move)  # fmt: skip
         finally:
             torch.set_num_threads(torch_threads)
     meta["segments"].append({

@@ -14,6 +14,10 @@ worker processes that each own a subset of the contexts.  The run writes the lay
 then the state (positions, velocities, replica permutation, swap RNG state, step counter and the
 OpenMM context checkpoints, which hold the Langevin RNG state).  Resuming from the state therefore
 continues the run exactly as if it had never stopped: no frame lost, none duplicated.
+
+Swap move hook. ``simulate(..., swap_move=...)`` replaces the plain Metropolis swap by any
+callable with the :class:`SwapMove` signature (``moltune.flow.pt_sampler`` swaps through a
+transport flow this way); the default, :func:`plain_swap_move`, is the plain swap above.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import multiprocessing as mp
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -355,7 +359,10 @@ class ReplicaSet:
 
 # ------------------------------------------------------------------------------------- the driver
 @dataclass
-class _State:
+class RunState:
+    """The mutable state of a PT run (what ``state.npz`` holds); a swap move reads ``step``,
+    ``swap_events`` and ``rng`` and updates ``walkers``."""
+
     step: int
     n_chunks: int
     n_frames: int
@@ -387,7 +394,7 @@ class _State:
         save_npz(path, **arrays)
 
     @classmethod
-    def load(cls, path: Path) -> tuple[_State, str]:
+    def load(cls, path: Path) -> tuple[RunState, str]:
         with np.load(path, allow_pickle=False) as z:
             rng = np.random.Generator(np.random.PCG64())
             rng.bit_generator.state = json.loads(str(z["rng_state"]))
@@ -409,6 +416,35 @@ class _State:
             return state, str(z["platform"])
 
 
+class SwapMove(Protocol):
+    """A swap event of :func:`simulate` (default :func:`plain_swap_move`).
+
+    Called once per swap event, after the replicas have been propagated to ``state.step``, with
+    the :class:`ReplicaSet` (``get_states`` / ``set_states``: positions nm, velocities nm/ps, by
+    temperature index), the :class:`RunState`, the temperatures (K, [K]), their betas (mol/kJ,
+    [K]) and the current potential energies (kJ/mol, [K], of the configurations at each
+    temperature). It tries the neighbour pairs ``swap_pairs(state.swap_events, K)`` (and whatever
+    else it likes), moves the configurations it exchanges with ``replicas.set_states``, swaps the
+    entries of ``state.walkers`` for every accepted exchange, draws its random numbers from
+    ``state.rng`` only (so runs are reproducible and resume exactly), and returns int8 [K-1] for
+    the neighbour pairs: 1 accepted, 0 rejected, -1 not tried. It does not advance
+    ``state.swap_events``; :func:`simulate` does after the call.
+
+    Optional method ``flush(out_dir: Path, chunk_index: int)``: called just before chunk
+    ``chunk_index`` (and then the state that counts it) is written, so a move can store its own
+    per-chunk records that stay consistent with the data on resume.
+    """
+
+    def __call__(
+        self,
+        replicas: ReplicaSet,
+        state: RunState,
+        temperatures_K: np.ndarray,
+        betas: np.ndarray,
+        energies_kjmol: np.ndarray,
+    ) -> np.ndarray: ...
+
+
 def _next_multiple(step: int, period: int, offset: int = 0) -> int:
     """Smallest s > step with (s - offset) divisible by period."""
     return offset + ((step - offset) // period + 1) * period
@@ -425,12 +461,16 @@ def simulate(
     cfg: PTConfig,
     progress: bool = True,
     stop_after_chunks: int | None = None,
+    swap_move: SwapMove | None = None,
 ) -> dict:
     """Run (or resume) parallel tempering of a peptide into ``out_dir``; returns the run summary.
 
     ``peptide_spec``: a Peptide, a one-letter sequence or a PDB path.  ``stop_after_chunks`` stops
     (as an interruption would) after that many checkpoints in this call; used by tests.
+    ``swap_move``: the swap event (:class:`SwapMove`); None is :func:`plain_swap_move`. The
+    caller answers for resuming with the same move (the metadata describe the plain swap).
     """
+    move = plain_swap_move if swap_move is None else swap_move
     from moltune.common.run import package_versions
     from moltune.physics.forcefield import DEFAULT_FORCEFIELD, SOLVENT_FILES, create_system
     from moltune.physics.peptide import Peptide, load_peptide, peptide_from_pdb
@@ -462,7 +502,7 @@ def simulate(
         if [a.name for a in stored.topology.atoms()] != [a.name for a in peptide.topology.atoms()]:
             raise UserError(f"{str(out)!r} holds a run of another peptide ({stored.sequence})")
         topology = stored.topology
-        state, saved_platform = _State.load(out / STATE_FILE)
+        state, saved_platform = RunState.load(out / STATE_FILE)
         if state.step > n_total:
             raise UserError(
                 f"{str(out)!r} already ran {(state.step - n_eq) * cfg.dt_ps / 1000:.4g} ns, more "
@@ -511,7 +551,7 @@ def simulate(
     try:
         if state is None:
             replicas.initialize(np.repeat(peptide.positions_nm[None], k_temps, axis=0))
-            state = _State(
+            state = RunState(
                 step=0, n_chunks=0, n_frames=0, swap_events=0,
                 walkers=np.arange(k_temps, dtype=np.int32),
                 swap_attempts=np.zeros(max(k_temps - 1, 0), np.int64),
@@ -531,7 +571,7 @@ def simulate(
                     {k: (state.positions[k], state.velocities[k]) for k in range(k_temps)}
                 )
         summary = _run_loop(replicas, state, cfg, out, n_eq, n_total, swap_steps, save_steps,
-                            ckpt_steps, progress, stop_after_chunks)  # fmt: skip
+                            ckpt_steps, progress, stop_after_chunks, move)  # fmt: skip
     finally:
         replicas.close()
     if summary["complete"] and (summary["steps_done"] > 0 or not (out / DATA_FILE).is_file()):
@@ -550,7 +590,7 @@ def simulate(
 
 def _run_loop(
     replicas, state, cfg, out, n_eq, n_total, swap_steps, save_steps, ckpt_steps, progress,
-    stop_after_chunks,
+    stop_after_chunks, move,
 ) -> dict:  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -588,7 +628,8 @@ def _run_loop(
                 buf["time_ps"].append(t_ps)
                 state.n_frames += 1
             if nxt == nxt_swap and k_temps > 1:
-                accepted = _attempt_swaps(replicas, state, temps, betas, energies)
+                accepted = np.asarray(move(replicas, state, temps, betas, energies), np.int8)
+                state.swap_events += 1
                 if nxt > n_eq:
                     buf["swap_time_ps"].append(t_ps)
                     buf["swap_accepted"].append(accepted)
@@ -596,7 +637,7 @@ def _run_loop(
                     state.swap_attempts += tried
                     state.swap_accepts += accepted > 0
             if nxt == nxt_ckpt or nxt == n_total:
-                _checkpoint(replicas, state, buf, out, cfg)
+                _checkpoint(replicas, state, buf, out, cfg, move)
                 buf = {key: [] for key in FRAME_KEYS + SWAP_KEYS}
                 chunks_this_call += 1
                 if stop_after_chunks is not None and chunks_this_call >= stop_after_chunks:
@@ -619,8 +660,9 @@ def _run_loop(
             "swap_acceptance": acc, "speed": speed}  # fmt: skip
 
 
-def _attempt_swaps(replicas, state: _State, temps, betas, energies) -> np.ndarray:
-    """One swap event; returns int8 [K-1]: 1 accepted, 0 rejected, -1 pair not tried."""
+def plain_swap_move(replicas, state: RunState, temps, betas, energies) -> np.ndarray:
+    """The plain swap event (:class:`SwapMove`): Metropolis on the potential energies for each
+    pair of this event's parity, velocities rescaled by sqrt(T_new / T_old); int8 [K-1]."""
     k_temps = len(temps)
     result = np.full(k_temps - 1, -1, np.int8)
     accepted_pairs = []
@@ -631,7 +673,6 @@ def _attempt_swaps(replicas, state: _State, temps, betas, energies) -> np.ndarra
         result[i] = int(ok)
         if ok:
             accepted_pairs.append((i, j))
-    state.swap_events += 1
     if accepted_pairs:
         pos, vel = replicas.get_states()
         updates = {}
@@ -643,9 +684,15 @@ def _attempt_swaps(replicas, state: _State, temps, betas, energies) -> np.ndarra
     return result
 
 
-def _checkpoint(replicas, state: _State, buf: dict, out: Path, cfg: PTConfig) -> None:
-    """Write the chunk of new frames (if any), then the state that counts it (both atomic)."""
+def _checkpoint(
+    replicas, state: RunState, buf: dict, out: Path, cfg: PTConfig, move: SwapMove | None = None
+) -> None:
+    """Write the move's records (``move.flush``, if any) and the chunk of new frames (if any),
+    then the state that counts them (all atomic)."""
     if buf["time_ps"] or buf["swap_time_ps"]:
+        flush = getattr(move, "flush", None)
+        if flush is not None:
+            flush(out, state.n_chunks)
         k = len(cfg.temperatures_K)
         arrays = {
             "xyz_nm": np.stack(buf["xyz_nm"], axis=1) if buf["xyz_nm"] else None,
@@ -670,7 +717,7 @@ def _checkpoint(replicas, state: _State, buf: dict, out: Path, cfg: PTConfig) ->
     state.save(out / STATE_FILE, cfg.platform)
 
 
-def _consolidate(out: Path, state: _State) -> None:
+def _consolidate(out: Path, state: RunState) -> None:
     """Write pt_data.npz from the chunks the state counts."""
     from moltune.physics.ptdata import read_chunks
 
