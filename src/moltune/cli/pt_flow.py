@@ -44,7 +44,11 @@ def register(
         "and plots into --out.",
     )
     _add_common(p)
-    p.add_argument("--data", help="training PT data folder (moltune pt simulate output)")
+    p.add_argument(
+        "--data", nargs="+", metavar="DIR",
+        help="training PT data folder(s) (moltune pt simulate output; several runs of one "
+        "peptide and ladder are combined)",
+    )  # fmt: skip
     p.add_argument(
         "--test-data",
         help="held-out PT data folder for validation ('none': hold out the tail of --data)",
@@ -93,7 +97,8 @@ def _train(args: argparse.Namespace) -> int:
 
     flow = {k: v for k, v in (("name", args.flow), ("representation", args.representation)) if v}
     test = getattr(args, "test_data", None)
-    data = {k: v for k, v in (("train_dir", args.data), ("test_dir", test)) if v and v != "none"}
+    train_dir = args.data[0] if isinstance(args.data, list) and len(args.data) == 1 else args.data
+    data = {k: v for k, v in (("train_dir", train_dir), ("test_dir", test)) if v and v != "none"}
     overrides = {
         "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "validate": args.validate, "max_minutes": args.max_minutes, "seed": args.seed, "threads": args.threads,

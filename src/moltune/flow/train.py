@@ -47,7 +47,7 @@ class FlowConfig:
 class DataConfig:
     """Replica-exchange data (``moltune pt simulate`` folders) and which temperature pairs."""
 
-    train_dir: str = "/work/data/aa_pt_train"
+    train_dir: str | list = "/work/data/aa_pt_train"  # one PT folder, or several of one system
     test_dir: str | None = "/work/data/aa_pt_test"  # held-out (independent) validation frames
     pairs: list | None = None  # [[i, j], ...] indices into the ladder; None = neighbours
     val_pairs: int = 2000  # validation pairs per temperature pair
@@ -98,14 +98,18 @@ def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
     return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 
 
-def _load(directory: str | None, what: str):
-    from moltune.physics.ptdata import load_pt_data
+def _load(directory: str | list | None, what: str):
+    """PT data of one folder, or of several folders (same peptide and ladder) combined."""
+    from moltune.physics.ptdata import combine_pt_data, load_pt_data
 
     if directory is None:
         return None
-    if not Path(directory).exists():
-        raise InputFileError(f"{what} folder not found: {directory} (run `moltune pt simulate`)")
-    return load_pt_data(directory)
+    dirs = [directory] if isinstance(directory, (str, Path)) else list(directory)
+    for d in dirs:
+        if not Path(d).exists():
+            raise InputFileError(f"{what} folder not found: {d} (run `moltune pt simulate`)")
+    data = [load_pt_data(d) for d in dirs]
+    return data[0] if len(data) == 1 else combine_pt_data(data)
 
 
 def _subsample(data, max_frames: int | None):

@@ -151,6 +151,48 @@ def load_pt_data(directory: str | Path) -> PTData:
     )
 
 
+def combine_pt_data(runs: list[PTData]) -> PTData:
+    """Frames of several PT runs of one system and ladder, concatenated per temperature.
+
+    For training on more independent samples (for example runs with different seeds). The runs
+    must share the temperatures and the atoms (elements in order); topology and metadata are the
+    first run's. Swap records and times are concatenated as they are (times restart per run).
+    """
+    if not runs:
+        raise InvalidInputError("combine_pt_data: no PT runs given")
+    first = runs[0]
+    elements = [a.element.symbol for a in first.topology.atoms()]
+    for other in runs[1:]:
+        if not np.array_equal(other.temperatures_K, first.temperatures_K):
+            raise InvalidInputError(
+                f"{other.directory} has temperatures {other.temperatures_K.tolist()} K, "
+                f"{first.directory} has {first.temperatures_K.tolist()} K: cannot combine"
+            )
+        if [a.element.symbol for a in other.topology.atoms()] != elements:
+            raise InvalidInputError(
+                f"{other.directory} and {first.directory} hold different molecules "
+                f"(atoms differ): cannot combine"
+            )
+    k = len(first.temperatures_K)
+
+    def cat(attr: str) -> list[np.ndarray]:
+        return [np.concatenate([getattr(r, attr)[i] for r in runs]) for i in range(k)]
+
+    return PTData(
+        directory=first.directory,
+        temperatures_K=first.temperatures_K,
+        xyz_nm=cat("xyz_nm"),
+        energy_kjmol=cat("energy_kjmol"),
+        replica_index=cat("replica_index"),
+        time_ps=np.concatenate([r.time_ps for r in runs]),
+        swap_attempts=sum(r.swap_attempts for r in runs),
+        swap_accepts=sum(r.swap_accepts for r in runs),
+        swap_time_ps=np.concatenate([r.swap_time_ps for r in runs]),
+        swap_accepted=np.concatenate([r.swap_accepted for r in runs]),
+        metadata=dict(first.metadata, combined_from=[str(r.directory) for r in runs]),
+    )
+
+
 def _extended_since_consolidation(d: Path) -> bool:
     """True when a run being extended has saved more frames than its pt_data.npz holds."""
     if not (d / STATE_FILE).is_file():
