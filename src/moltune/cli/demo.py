@@ -29,7 +29,11 @@ def _demo(args: argparse.Namespace) -> int:
     from moltune.demo import DemoConfig, run_demo
 
     cfg = load_config(
-        DemoConfig, args.preset, time_ps=args.time_ps, sequence=args.sequence, seed=args.seed,
+        DemoConfig,
+        args.preset,
+        time_ps=args.time_ps,
+        sequence=args.sequence,
+        seed=args.seed,
         flow_steps=args.flow_steps,
     )
     ctx = run_demo(args.out, cfg)
