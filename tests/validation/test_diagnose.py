@@ -221,3 +221,26 @@ def test_flow_evaluation_json_alone_reveals_inverse_explosion(runs, tmp_path):
     ev = d.findings[0].evidence
     assert ev["eval/mean_energy_kjmol/inverse_excess_kT"] == pytest.approx((9e17 + 509) / 2.494,
                                                                           rel=1e-5)
+
+
+def test_slow_decline_of_flow_acceptance_is_not_healthy(tmp_path):
+    """0.68 -> 0.57 (16% below the best) is no collapse, but the run is past its best point."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import validation_toys as vt
+
+    val = {"val/loss": [-326.7, -327.2, -327.1, -327.0, -326.9, -326.8], "val/n_samples": [512] * 6,
+           "val/acceptance_flow": [0.53, 0.68, 0.66, 0.62, 0.60, 0.57]}  # fmt: skip
+    train = {"train/loss": [-327.0, -327.6, -327.9, -328.1, -328.2, -328.3]}
+    vt.fit(vt.ReplayModule(val, train), tmp_path / "decline", 6)
+    d = run_diagnosis(tmp_path / "decline")
+    assert "healthy" not in d.ids and "quality_collapse" not in d.ids
+    f = next(f for f in d.findings if f.id == "quality_decline")
+    assert f.severity == "medium" and f.evidence["best_epoch"] == 1
+    assert f.evidence["relative_drop"] == pytest.approx(1 - 0.57 / 0.68, rel=1e-4)
+    # a small wobble below the best is not a decline
+    val["val/acceptance_flow"] = [0.53, 0.68, 0.66, 0.67, 0.66, 0.65]
+    vt.fit(vt.ReplayModule(val, train), tmp_path / "wobble", 6)
+    assert "quality_decline" not in run_diagnosis(tmp_path / "wobble").ids

@@ -13,6 +13,9 @@ Rules (in vocabulary order):
 - ``quality_collapse``: a quality metric (``quality_floors``; higher is better) ends below its
   floor after having been above it, or loses more than ``quality_drop`` of a best value of at
   least ``quality_min_best`` (flow acceptance has floor 0: only the drop rule applies).
+- ``quality_decline``: short of a collapse, a quality metric ends more than ``quality_decline``
+  (relative) below its best (a slow slide, e.g. flow acceptance 0.68 -> 0.57 while the loss
+  still looks fine).
 - ``not_learning``: training loss (mean of the first vs the last tenth of the per-epoch values;
   per-step values when there are fewer than ``min_train_points`` epochs, and no verdict below
   ``min_train_steps`` steps) improves by less than ``min_rel_improvement`` relative AND by less
@@ -81,6 +84,7 @@ class DiagnoseConfig:
     quality_floors: dict[str, float] = field(default_factory=lambda: {
         "val/connectivity": 0.5, "val/validity": 0.5, "val/acceptance_flow": 0.0})
     quality_drop: float = 0.5
+    quality_decline: float = 0.15
     quality_min_best: float = 0.05  # the drop rule needs a best value at least this high
     min_val_samples: int = 10
     n_val_keys: tuple[str, ...] = ("n_val", "n_val_samples", "val_size", "num_val", "n_validation",
@@ -370,6 +374,35 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
     return worst
 
 
+def rule_quality_decline(ctx: _Ctx) -> Finding | None:
+    cfg = ctx.cfg
+    if rule_quality_collapse(ctx) is not None:
+        return None  # the stronger finding covers it
+    for metric in cfg.quality_floors:
+        v = ctx.es(metric).fillna(0.0)
+        if len(v) < 2:
+            continue
+        best, last = float(v.max()), float(v.iloc[-1])
+        if best < cfg.quality_min_best or last >= best * (1 - cfg.quality_decline):
+            continue
+        u, best_at = ctx.unit, int(v.idxmax())
+        ev = {f"{metric}_best": best, f"best_{u}": best_at, f"{metric}_last": last,
+              f"last_{u}": int(v.index[-1]), "relative_drop": 1 - last / best}  # fmt: skip
+        title = (f"{metric} slid from its best {best:.3g} ({u} {best_at}) to {last:.3g} "
+                 f"({u} {int(v.index[-1])}), {1 - last / best:.0%} lower")  # fmt: skip
+        causes = [
+            "overfitting to the training samples (few or correlated samples for the model's size)",
+            "learning rate still too high late in the run",
+        ]
+        steps = [
+            f"use the best checkpoint by {metric} ({u} {best_at}), not the last one",
+            "more (independent) training samples, weight decay, or a smaller model",
+            f"stop early on {metric} (the quality_floor / early-stopping callbacks)",
+        ]
+        return Finding("quality_decline", "medium", title, ev, causes, steps, "quality")
+    return None
+
+
 def rule_not_learning(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
     steps_s = _finite(logs.step_series(ctx.m, "train/loss"))
@@ -627,6 +660,7 @@ RULES: list[Callable[[_Ctx], Finding | None]] = [
     lambda c: rule_explosion(c, "inverse"),
     lambda c: rule_explosion(c, "forward"),
     rule_quality_collapse,
+    rule_quality_decline,
     rule_not_learning,
     rule_nonfinite,
     rule_adapter_drift,

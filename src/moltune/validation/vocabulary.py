@@ -26,6 +26,10 @@ FINDINGS: dict[str, str] = {
         "A quality metric (connectivity, validity, acceptance, ...) fell below its floor or lost "
         "most of its best value, typically while the loss kept improving."
     ),
+    "quality_decline": (
+        "A quality metric ended clearly below its best value without collapsing: the run went "
+        "past its best point (often overfitting that the loss curves do not show yet)."
+    ),
     "not_learning": "The training loss did not improve measurably over the run.",
     "nonfinite": "A loss, energy or gradient became NaN or infinite.",
     "adapter_drift": "The mean FiLM gamma left its sane range (default [0.1, 10]).",
