@@ -115,3 +115,22 @@ def test_cli_build(tmp_path):
     )  # fmt: skip
     assert r.returncode == 2 and "unknown residue" in r.stderr
     assert not (tmp_path / "x.pdb").exists()
+
+
+def test_build_is_deterministic_across_processes(tmp_path):
+    """The same sequence gives the same atoms and coordinates in two fresh processes (PDBFixer and
+    addHydrogens draw from Python's ``random``, seeded differently per process)."""
+    import random
+
+    code = (
+        "import sys, numpy as np; from moltune.physics.peptide import build_peptide; "
+        "p = build_peptide('AK'); np.save(sys.argv[1], p.positions_nm)"
+    )
+    for i in (1, 2):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{i}.npy")], check=True)
+    a, b = np.load(tmp_path / "1.npy"), np.load(tmp_path / "2.npy")
+    assert a.shape == (35, 3)  # AK zwitterion: ALA 10 + LYS 22 + 2 terminal H + OXT
+    np.testing.assert_array_equal(a, b)
+    state = random.getstate()
+    build_peptide("AA", minimize=False)
+    assert random.getstate() == state  # the caller's random stream is left alone

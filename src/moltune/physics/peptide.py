@@ -119,6 +119,24 @@ def _trim(residue, keep: dict[str, str], resname: str) -> None:
 
 
 def _protonate(pdb_text: str, caps: bool, solvent: str) -> tuple[app.Topology, np.ndarray]:
+    """PDBFixer (missing atoms, OXT) then hydrogens at pH 7; deterministic.
+
+    PDBFixer and ``Modeller.addHydrogens`` start new atoms at positions drawn from Python's global
+    ``random`` (seeded differently in every process), so the same sequence built in two processes
+    differed (sibling hydrogens swapped, up to 0.17 nm). Both run here under a fixed seed, on the
+    Reference platform, and the caller's ``random`` state is restored afterwards.
+    """
+    import random
+
+    state = random.getstate()
+    random.seed(0)
+    try:
+        return _protonate_seeded(pdb_text, caps, solvent)
+    finally:
+        random.setstate(state)
+
+
+def _protonate_seeded(pdb_text: str, caps: bool, solvent: str) -> tuple[app.Topology, np.ndarray]:
     from pdbfixer import PDBFixer
 
     from moltune.physics.forcefield import forcefield
@@ -133,7 +151,10 @@ def _protonate(pdb_text: str, caps: bool, solvent: str) -> tuple[app.Topology, n
     variants = [
         HISTIDINE_VARIANT if r.name == "HIS" else None for r in modeller.topology.residues()
     ]
-    modeller.addHydrogens(forcefield(solvent), pH=7.0, variants=variants)
+    modeller.addHydrogens(
+        forcefield(solvent), pH=7.0, variants=variants,
+        platform=openmm.Platform.getPlatformByName("Reference"),
+    )  # fmt: skip
     pos = np.asarray(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
     return modeller.topology, pos
 
