@@ -3,6 +3,8 @@ of different sizes, checkpoints that ``load_flow`` / ``pt transfer`` read, and f
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -91,3 +93,22 @@ def test_per_coordinate_layer_is_refused(pt_dirs, tmp_path):
     cfg = _cfg(pt_dirs, ["AA"], flow=FlowConfig(n_blocks=1, d_model=16, per_coordinate=True))
     with pytest.raises(InvalidInputError, match="per_coordinate"):
         train_multi(cfg, tmp_path / "bad", progress=False)
+
+
+def test_train_transfer_cli_replaces_the_preset_peptides(pt_dirs, tmp_path):
+    import json
+
+    from moltune.cli.main import main
+
+    preset = tmp_path / "tiny.yml"  # the shipped preset, shrunk to the 3-temperature test data
+    text = (Path(__file__).resolve().parents[2] / "src/moltune/presets/transfer_aa_ak_as.yml")
+    text = text.read_text().replace("pairs: [[0, 1], [1, 2], [2, 3]]", "pairs: [[0, 1], [1, 2]]")
+    preset.write_text(text.replace("batch_size: 128", "batch_size: 16")
+                      .replace("val_pairs: 200", "val_pairs: 10"))  # fmt: skip
+    rc = main(["pt", "train-transfer", "--preset", str(preset),
+               "--peptide", f"AS={pt_dirs['AS']}", "--steps", "2", "--val-every-steps", "1",
+               "--warmup-steps", "1", "--no-progress", "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert rc == 0
+    s = json.loads((tmp_path / "cli" / "train_summary.json").read_text())
+    assert s["peptides"] == ["AS"] and s["steps"] == 2
+    assert set(s["last"]) >= {"val/acceptance_flow_AS_300_450", "val/acceptance_naive_AS_450_670"}
