@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,3 +113,33 @@ def test_train_transfer_cli_replaces_the_preset_peptides(pt_dirs, tmp_path):
     s = json.loads((tmp_path / "cli" / "train_summary.json").read_text())
     assert s["peptides"] == ["AS"] and s["steps"] == 2
     assert set(s["last"]) >= {"val/acceptance_flow_AS_300_450", "val/acceptance_naive_AS_450_670"}
+
+
+def test_zero_torsion_origin_makes_the_standardisation_frame_independent(pt_dirs):
+    from moltune.flow.coordinates import AFFINE, CIRCULAR, make_representation
+    from moltune.flow.multi_peptide import fit_representation
+    from moltune.physics.ptdata import load_pt_data
+
+    d = load_pt_data(pt_dirs["AA"])
+    hot, cold = np.asarray(d.xyz_nm[2]), np.asarray(d.xyz_nm[0])  # 670 K vs 300 K frames
+    fitted = [fit_representation(make_representation("internal", d.topology), x, "fitted")
+              for x in (hot, cold)]  # fmt: skip
+    zero = [fit_representation(make_representation("internal", d.topology), x, "zero")
+            for x in (hot, cold)]  # fmt: skip
+    circ = fitted[0].slot_kind == CIRCULAR
+    aff = fitted[0].slot_kind == AFFINE
+    assert circ.sum() >= 4
+    # fitted circular means depend on the frames (rotors); the zero origin does not
+    assert (fitted[0].mean[circ] - fitted[1].mean[circ]).abs().max() > 0.1
+    assert torch.all(zero[0].mean[circ] == 0) and torch.all(zero[1].mean[circ] == 0)
+    # bonds and angles keep their fitted standardisation
+    torch.testing.assert_close(zero[0].mean[aff], fitted[0].mean[aff])
+    torch.testing.assert_close(zero[0].std, fitted[0].std)
+    # the encoding stays invertible with the zero origin
+    x = torch.as_tensor(cold[:4], dtype=torch.float64)
+    z, frame, ld = zero[0].encode(x)
+    back, ld_back = zero[0].decode(z, frame)
+    torch.testing.assert_close(back, x, atol=1e-9, rtol=0)
+    torch.testing.assert_close(ld + ld_back, torch.zeros_like(ld), atol=1e-9, rtol=0)
+    with pytest.raises(InvalidInputError, match="torsion_origin"):
+        fit_representation(zero[0], cold, "mean")

@@ -18,6 +18,15 @@ ladder, the pairs); the other peptides' representations are kept under
 standardisation is refitted on that peptide's frames) and ``moltune pt sample --flow RUN`` (the
 first peptide) take the run as it is. ``init`` starts the core from such a checkpoint
 (fine-tuning on an unseen peptide). No resume: a run is short and restarts from ``init``.
+
+Torsion origin. ``Representation.fit`` centres every torsion on its circular mean over the
+frames it is given. For 2- and 3-fold rotors (NH3+, CH3, ...) that mean is arbitrary and changes
+from one data set to another (AA train vs test data: up to 1.6 rad), and the learned map is not
+invariant to it: refitting on other frames of the *same* peptide dropped AA's 300-450 K
+acceptance from 0.72 to 0.47. ``torsion_origin: zero`` (:func:`fit_representation`) keeps the
+fitted standardisation of bonds and angles but leaves every circular torsion at its physical
+value (origin 0), the same convention on every peptide; the checkpoint records it so
+``moltune.flow.pt_sampler.run_flow_factory`` refits unseen peptides the same way.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ class MultiTrainConfig:
     threads: int = 1
     solvent: str = "obc2"
     init: str | None = None  # checkpoint / run whose shared core starts this run
+    torsion_origin: str = "zero"  # "zero" (physical torsions) or "fitted" (circular means)
 
 
 @dataclass
@@ -93,6 +103,23 @@ def _load_dirs(spec, what: str):
             raise InputFileError(f"{what} folder not found: {d} (run `moltune pt simulate`)")
     data = [load_pt_data(d) for d in dirs]
     return data[0] if len(data) == 1 else combine_pt_data(data)
+
+
+TORSION_ORIGINS = ("zero", "fitted")
+
+
+def fit_representation(rep, xyz_nm: np.ndarray, torsion_origin: str = "fitted"):
+    """``rep.fit(xyz_nm)``; with ``torsion_origin="zero"`` the circular torsions keep origin 0."""
+    from moltune.flow.coordinates import CIRCULAR
+
+    if torsion_origin not in TORSION_ORIGINS:
+        raise InvalidInputError(f"torsion_origin must be one of {TORSION_ORIGINS}, "
+                                f"got {torsion_origin!r}")  # fmt: skip
+    rep.fit(xyz_nm)
+    if torsion_origin == "zero":
+        with torch.no_grad():
+            rep.mean[rep.slot_kind == CIRCULAR] = 0.0
+    return rep
 
 
 def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[PeptideSet]:
@@ -129,7 +156,8 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
             val_sets = make_pairs(data, pairs, slice(cut, None))
         rep = make_representation(cfg.flow.representation, data.topology)
         used = sorted({t for p in pairs for t in p})
-        rep.fit(np.concatenate([np.asarray(data.xyz_nm[k]) for k in used]))
+        fit_representation(rep, np.concatenate([np.asarray(data.xyz_nm[k]) for k in used]),
+                           cfg.torsion_origin)
         energy = TorchEnergy.from_topology(data.topology, solvent=cfg.solvent).double()
         ref: dict[float, list] = {}
         for p in train_sets:
@@ -224,6 +252,7 @@ def _checkpoint(path: Path, core, sets: list[PeptideSet], cfg: MultiTrainConfig,
         "test_data": None,
         "solvent": cfg.solvent,
         "peptides": [s.name for s in sets],
+        "torsion_origin": cfg.torsion_origin,
         "score": score,
     }
     state = {
@@ -241,8 +270,8 @@ def _checkpoint(path: Path, core, sets: list[PeptideSet], cfg: MultiTrainConfig,
     torch_save(path, state)
 
 
-def _init_core(spec: str, cfg: MultiTrainConfig) -> tuple[dict, dict]:
-    """(core weights, flow_config) of a transport-flow checkpoint or run folder."""
+def _init_core(spec: str, cfg: MultiTrainConfig) -> tuple[dict, dict, str]:
+    """(core weights, flow_config, torsion origin) of a transport-flow checkpoint or run."""
     from moltune.flow.checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(spec)
@@ -253,7 +282,7 @@ def _init_core(spec: str, cfg: MultiTrainConfig) -> tuple[dict, dict]:
                                 "start a multi-peptide run from it")  # fmt: skip
     core = {k[len("flow.core."):]: v for k, v in state["state_dict"].items()
             if k.startswith("flow.core.")}  # fmt: skip
-    return core, meta["flow_config"]
+    return core, meta["flow_config"], meta.get("torsion_origin", "fitted")
 
 
 def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True) -> dict:
@@ -271,8 +300,9 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True) -
 
     init_weights = None
     if cfg.init:
-        init_weights, flow_cfg = _init_core(cfg.init, cfg)
-        cfg = dataclasses.replace(cfg, flow=from_dict(FlowConfig, flow_cfg, "flow"))
+        init_weights, flow_cfg, origin = _init_core(cfg.init, cfg)
+        cfg = dataclasses.replace(cfg, flow=from_dict(FlowConfig, flow_cfg, "flow"),
+                                  torsion_origin=origin)  # the convention the core learned
     if cfg.flow.name != "tarflow" or cfg.flow.per_coordinate:
         raise InvalidInputError("multi-peptide training needs flow.name tarflow with "
                                 "per_coordinate: false (that layer is peptide-specific)")  # fmt: skip

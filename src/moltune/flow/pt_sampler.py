@@ -1159,8 +1159,9 @@ def render_transfer(rows: list[dict], title: str = "Swap acceptance: naive vs fl
 def run_flow_factory(spec: str):
     """``flow_factory`` for :func:`transfer_table` from ``--flow``: ``identity`` or a run whose
     flow is rebuilt for the peptide at hand (same config, its weights) and its coordinate
-    standardisation refitted on that peptide's frames; weights shaped for another molecule (a
-    per-atom layer of another size) raise an error naming them."""
+    standardisation refitted on that peptide's frames (torsions at origin 0 when the run was
+    trained so, ``moltune.flow.multi_peptide.fit_representation``); weights shaped for another
+    molecule (a per-atom layer of another size) raise an error naming them."""
     if spec == "identity":
         from moltune.flow.models import IdentityFlow
 
@@ -1186,7 +1187,10 @@ def run_flow_factory(spec: str):
             raise UserError(f"the flow in {ckpt} is not transferable to this molecule: weights "
                             f"{bad[:3]} have molecule-specific shapes")  # fmt: skip
         flow.load_state_dict(keep, strict=False)
-        flow.representation.fit(np.concatenate(list(xyz_by_temperature)))
+        from moltune.flow.multi_peptide import fit_representation
+
+        fit_representation(flow.representation, np.concatenate(list(xyz_by_temperature)),
+                           meta.get("torsion_origin", "fitted"))  # fmt: skip
         return flow.eval()
 
     return factory
