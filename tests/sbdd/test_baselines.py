@@ -84,3 +84,35 @@ def test_cli_with_finetuned_adapter(tiny, tmp_path):
     # an identity adapter as "fine-tuned" reproduces the pretrained samples exactly
     assert ft["max_abs_dx_vs_pretrained_A"] == 0.0
     assert res["finetuned"] == [str(tmp_path / "adapter.pt")]
+
+
+def test_rmsd_to_reference_is_assignment_and_translation_free():
+    from moltune.sbdd.baselines import rmsd_to_reference
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(12, 3)) * 2.0
+    moved = ref[rng.permutation(12)] + np.array([5.0, -3.0, 1.0])
+    assert rmsd_to_reference(moved, ref) == pytest.approx(0.0, abs=1e-9)
+    # every atom displaced by 0.3 Å along alternating +x / -x (centroid unchanged) -> 0.3 Å
+    shift = np.zeros((12, 3))
+    shift[:, 0] = 0.3 * np.where(np.arange(12) % 2 == 0, 1.0, -1.0)
+    far = ref * 5.0  # atoms far apart, so the assignment cannot swap
+    assert rmsd_to_reference(far + shift, far) == pytest.approx(0.3, abs=1e-9)
+
+
+def test_geometry_metric_is_reported_per_variant_and_sample(result):
+    from moltune.sbdd.baselines import GEOMETRY_METRIC
+
+    res, out = result
+    pre, rnd = _row(res, "pretrained"), _row(res, "random_film")
+    # untrained tiny model, 4 denoising steps: scattered atoms, far from the references
+    for row in (pre, rnd):
+        vals = row[GEOMETRY_METRIC]["per_seed"]
+        assert len(vals) == 2 and all(0.5 < v < 1e3 and np.isfinite(v) for v in vals)
+    assert rnd[GEOMETRY_METRIC]["per_seed"] != pre[GEOMETRY_METRIC]["per_seed"]
+    assert _row(res, "identity_film")[GEOMETRY_METRIC]["per_seed"] == pre[GEOMETRY_METRIC][
+        "per_seed"]
+    samples = json.loads((out / "samples.json").read_text())
+    assert all(s[GEOMETRY_METRIC] > 0 for s in samples)
+    assert GEOMETRY_METRIC in (out / "baselines.md").read_text()
+    assert "effect_geometry" in rnd and rnd["effect_geometry"]["p_adjusted"] is not None

@@ -65,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "on a few shared complexes, writes OUT/checkpoints/standin.ckpt (DiffSBDD layout), "
         "eval.json (validity/connectivity on its training pockets), report.md and plots.",
     )
-    s.add_argument("--data", required=True, help="raw complexes or a processed folder")
+    s.add_argument("--data", help="raw complexes or a processed folder (default: the preset's)")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="sbdd_standin", help="preset (default sbdd_standin)")
     s.add_argument("--steps", type=int, help="overrides steps")

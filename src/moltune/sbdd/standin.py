@@ -72,6 +72,8 @@ class StandinConfig:
     complexes: list[str] = field(default_factory=list)  # restrict to these ids (empty: all)
     embedding: str = "deterministic"  # provider used when processing raw complexes
     egnn_overrides: dict[str, Any] = field(default_factory=lambda: {"edge_cutoff_pocket": 0.5})
+    # normalize_factors [x, h]: the network sees x / factor; edge cutoffs apply in those units
+    diffusion_overrides: dict[str, Any] = field(default_factory=dict)
     init: str = "scratch"  # scratch (the model's own init) | a DiffSBDD checkpoint path
     seed: int = 0
     steps: int = 2000
@@ -79,6 +81,7 @@ class StandinConfig:
     lr: float = 1.0e-3
     weight_decay: float = 1.0e-12
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"  # cosine (decay to min_lr_fraction * lr) | constant
     min_lr_fraction: float = 0.1  # cosine decay to this fraction of lr at the last step
     grad_clip: float = 2.0
     t_power: float = 1.0  # t_int = round(T * u**t_power); > 1 favours small noise levels
@@ -87,6 +90,12 @@ class StandinConfig:
     # ligand rigidly onto its pocket's centre of mass (internal geometry unchanged).
     ligand_at_pocket_com: bool = False
     ema_decay: float = 0.0  # EMA of weights (DiffSBDD: 0.999); standin.ckpt holds the EMA
+    # Every x0_every steps, measure the one-call denoising error (Å, see x0_error) of the
+    # weights that would be saved (EMA if any) at x0_t; with select "x0" standin.ckpt is the
+    # checkpoint with the lowest mean error, else the final weights.
+    x0_every: int = 0
+    x0_t: list[int] = field(default_factory=lambda: [20, 50, 100, 200])
+    select: str = "last"  # last | x0
     save_every: int = 100
     eval_n_samples: int = 4
     eval_timesteps: int = 100
@@ -95,13 +104,19 @@ class StandinConfig:
 
 
 def standin_hparams(overrides: dict[str, Any] | None = None,
-                    histogram: np.ndarray | None = None) -> dict[str, Any]:
-    """Published hyper-parameters with ``egnn_params`` overrides and a node histogram."""
+                    histogram: np.ndarray | None = None,
+                    diffusion_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Published hyper-parameters with ``egnn_params`` / ``diffusion_params`` overrides (none
+    of which changes a state-dict key or shape) and a node histogram."""
     hp = copy.deepcopy(PUBLISHED_HPARAMS)
     for k, v in (overrides or {}).items():
         if k not in hp["egnn_params"]:
             raise InvalidInputError(f"unknown egnn_params key {k!r}")
         hp["egnn_params"][k] = v
+    for k, v in (diffusion_overrides or {}).items():
+        if k not in ("normalize_factors",):  # steps / schedule would change the gamma buffer
+            raise InvalidInputError(f"diffusion_params key {k!r} cannot be overridden")
+        hp["diffusion_params"][k] = v
     if histogram is not None:
         hp["node_histogram"] = histogram.tolist()
     return hp
@@ -162,6 +177,8 @@ def lr_at(step: int, cfg: StandinConfig) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_fraction * lr``."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
     f = cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * min(1, p)))
     return cfg.lr * f
@@ -171,7 +188,7 @@ def build_model(cfg: StandinConfig, items: list[dict[str, Any]]):
     from moltune.sbdd.checkpoint import load_checkpoint
     from moltune.sbdd.model import LigandDiffusionModel
 
-    hp = standin_hparams(cfg.egnn_overrides, size_histogram(items))
+    hp = standin_hparams(cfg.egnn_overrides, size_histogram(items), cfg.diffusion_overrides)
     torch.manual_seed(cfg.seed)
     model = LigandDiffusionModel(hp)
     if cfg.init != "scratch":
@@ -197,7 +214,12 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     from moltune.common.run import RunDir
     from moltune.sbdd.checkpoint import load_checkpoint
     from moltune.sbdd.evaluation import complex_batch
+    from moltune.sbdd.model import LigandDiffusionModel
 
+    if cfg.lr_schedule not in ("cosine", "constant"):
+        raise InvalidInputError(f"lr_schedule must be cosine or constant, got {cfg.lr_schedule!r}")
+    if cfg.select not in ("last", "x0"):
+        raise InvalidInputError(f"select must be last or x0, got {cfg.select!r}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     run = RunDir(Path(cfg.out))
@@ -232,6 +254,16 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
             metrics_lines = [ln for ln in run.metrics.read_text().splitlines()
                              if ln and (ln.startswith("step") or int(ln.split(",")[0]) <= start)]
         log.info("resuming stand-in training at step %d", start)
+    x0_path = run.path / "x0_error.csv"
+    x0_lines = ["step," + ",".join(f"x0_error_A_t{t}" for t in cfg.x0_t)]
+    if x0_path.is_file():
+        x0_lines += [ln for ln in x0_path.read_text().splitlines()[1:]
+                     if ln and int(ln.split(",")[0]) <= start]
+    best: dict[str, Any] = {"score": math.inf}
+    if (run.checkpoints / "best.json").is_file() and start > 0:
+        import json
+
+        best = json.loads((run.checkpoints / "best.json").read_text())
     rng = np.random.default_rng(cfg.seed + start)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
     T = model.ddpm.T
@@ -265,6 +297,17 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
         metrics_lines.append(f"{step + 1},{lr_at(step, cfg):.6g},{loss:.6g},{gn:.6g},"
                              f"{time.perf_counter() - t0:.1f}")
         bar.set_postfix(loss=f"{loss_ema:.4f}")
+        if cfg.x0_every and ((step + 1) % cfg.x0_every == 0 or step + 1 == cfg.steps):
+            err = x0_error(ema if ema is not None else model, items, cfg.x0_t, seed=cfg.seed)
+            x0_lines.append(f"{step + 1}," + ",".join(f"{err[t]:.5g}" for t in cfg.x0_t))
+            write_text(x0_path, "\n".join(x0_lines) + "\n")
+            score = float(np.mean(list(err.values())))
+            if score < best["score"]:
+                best = {"score": score, "step": step + 1, "x0_error_A": err}
+                _save(ema if ema is not None else model, run.checkpoints / "best.ckpt", step + 1,
+                      cfg, {"x0_error_A": err})
+                write_json(run.checkpoints / "best.json", best)
+            bar.set_postfix(loss=f"{loss_ema:.4f}", x0=f"{score:.3f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
             _save(model, last, step + 1, cfg, {})
             torch_save(run.checkpoints / "last.opt.pt", opt.state_dict())
@@ -273,13 +316,72 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
             write_text(run.metrics, "\n".join(metrics_lines) + "\n")
     bar.close()
     write_text(run.metrics, "\n".join(metrics_lines) + "\n")
-    final = _save(ema if ema is not None else model, run.checkpoints / "standin.ckpt", cfg.steps, cfg,
-                  {"complexes": [d["name"] for d in items]})
+    names = {"complexes": [d["name"] for d in items]}
+    if cfg.select == "x0" and (run.checkpoints / "best.ckpt").is_file():
+        ck = load_checkpoint(run.checkpoints / "best.ckpt")
+        chosen = LigandDiffusionModel(ck.hyper_parameters)
+        chosen.load_diffsbdd_state_dict(ck.state_dict, where="best.ckpt")
+        sel_step = int(ck.meta.get("global_step", cfg.steps))
+        x0_sel = ck.hyper_parameters.get("standin", {}).get("x0_error_A")
+    else:
+        chosen, sel_step = (ema if ema is not None else model), cfg.steps
+        x0_sel = x0_error(chosen, items, cfg.x0_t, seed=cfg.seed) if cfg.x0_every else None
+    final = _save(chosen, run.checkpoints / "standin.ckpt", sel_step, cfg,
+                  {**names, "x0_error_A": x0_sel})
     result = evaluate_standin(final, items, cfg, run)
+    result["selected_step"] = sel_step
+    result["x0_error_A"] = x0_sel
+    result["checkpoint_sha256"] = _sha256(final)
     result["train_seconds_this_session"] = round(time.perf_counter() - t0, 1)
     write_json(run.path / "eval.json", result)
     write_text(run.report, standin_report(result, cfg))
     return result
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def x0_error(model, items: list[dict[str, Any]], t_values=(20, 50, 100, 200),
+             n_copies: int = 16, seed: int = 0) -> dict[int, float]:
+    """One-network-call denoising error: RMS per atom (Å) of the predicted clean ligand
+    positions against the reference at each diffusion step ``t`` (ligand-centred frame),
+    over ``n_copies`` noise draws per complex.
+
+    A memorising model must reach well under the bond builder's tolerance (~0.2 Å per atom) at
+    small ``t``; doing nothing (x0 = z_t / alpha_t) gives sqrt(3) sigma_t / alpha_t.
+    """
+    from moltune.sbdd.diffusion import gaussian_noise
+    from moltune.sbdd.evaluation import complex_batch
+
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[int, float] = {}
+    with torch.no_grad():
+        for t in t_values:
+            se, n_atoms = 0.0, 0
+            for d in items:
+                b = complex_batch([d] * n_copies)
+                p = next(model.parameters())
+                ligand = {"x": b["lig_coords"].to(p.dtype), "one_hot": b["lig_one_hot"].to(p.dtype),
+                          "mask": b["lig_mask"], "size": b["num_lig_atoms"]}
+                pocket = {"x": b["pocket_coords"].to(p.dtype),
+                          "one_hot": b["pocket_one_hot"].to(p.dtype),
+                          "mask": b["pocket_mask"], "size": b["num_pocket_nodes"]}
+                res = model.ddpm.loss(ligand, pocket, t_int=torch.full((n_copies,), int(t)),
+                                      noise=gaussian_noise(gen), training=True)
+                ref = ligand["x"].reshape(n_copies, -1, 3)
+                ref = ref - ref.mean(1, keepdim=True)
+                hat = (res.raw["xh_lig_hat"][:, :3] * model.ddpm.norm_values[0]
+                       ).reshape(n_copies, -1, 3)
+                se += float(((hat - ref) ** 2).sum()) / n_copies
+                n_atoms += ref.shape[1]
+            out[int(t)] = math.sqrt(se / n_atoms)
+    model.train(was_training)
+    return out
 
 
 def evaluate_standin(ckpt: Path, items: list[dict[str, Any]], cfg: StandinConfig,
@@ -359,6 +461,13 @@ def standin_report(result: dict[str, Any], cfg: StandinConfig) -> str:
         f"{result['n_pockets']} complexes of splits {cfg.splits}",
         f"- evaluation: {result['n_samples_per_pocket']} samples per training pocket, "
         f"{result['timesteps']} denoising steps, ligand size = reference",
+        f"- selected weights: step {result.get('selected_step', cfg.steps)} "
+        f"({'lowest x0 error' if cfg.select == 'x0' else 'final'}"
+        f"{', EMA ' + str(cfg.ema_decay) if cfg.ema_decay else ''}); sha256 "
+        f"{result.get('checkpoint_sha256', '?')[:16]}",
+        f"- one-call denoising error (Å per atom) at t: "
+        + (", ".join(f"{t}: {v:.3f}" for t, v in (result.get("x0_error_A") or {}).items())
+           or "not measured"),
         "",
         f"validity {s['validity']:.3f}, connectivity (of valid) {s['connectivity']:.3f}, "
         f"valid and connected {s['valid_and_connected']:.3f}",

@@ -79,6 +79,7 @@ class EvalConfig:
     num_atoms: str = "reference"  # reference | histogram
     batch_size: int = 16
     max_pockets: int = 0  # 0: every validation pocket
+    pockets: list[str] = field(default_factory=list)  # only these validation complexes (ids)
 
 
 @dataclass
@@ -526,7 +527,14 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                                     cfg.data.centre)
 
     e = cfg.eval
-    eval_items = val_items[: e.max_pockets] if e.max_pockets else val_items
+    eval_items = val_items
+    if e.pockets:
+        missing = set(e.pockets) - {d["name"] for d in val_items}
+        if missing:
+            raise InvalidInputError(f"eval.pockets {sorted(missing)} are not validation complexes "
+                                    f"({[d['name'] for d in val_items]})")
+        eval_items = [d for d in val_items if d["name"] in set(e.pockets)]
+    eval_items = eval_items[: e.max_pockets] if e.max_pockets else eval_items
     evaluator = GenerationEvalCallback(eval_items, e.every_n_steps, e.n_samples, e.timesteps,
                                        e.seed, e.num_atoms, e.batch_size)
     c = cfg.checkpointing
