@@ -26,7 +26,7 @@ TINY = {"time_ns": 0.002, "save_interval_ps": 0.2, "swap_interval_ps": 0.1,
 
 @pytest.fixture(scope="module")
 def aa():
-    # one Peptide object for every run here: build_peptide itself is not deterministic
+    # one Peptide object for every run here: the runs compared must start from the same atoms
     return build_peptide("AA")
 
 
