@@ -230,3 +230,26 @@ def test_centre_ligand_on_pocket_moves_the_ligand_rigidly(tiny):
     np.testing.assert_allclose(new.mean(0), np.asarray(d["pocket_coords"]).mean(0), atol=1e-4)
     np.testing.assert_allclose(pdist(new), pdist(lig), atol=1e-4)
     assert c["pocket_coords"] is d["pocket_coords"]
+
+
+def test_eval_pockets_must_be_validation_complexes(tiny, tmp_path):
+    """eval.pockets restricts generation to named validation complexes; a training complex (or
+    an unknown id) is refused before any training step."""
+    from moltune.common.errors import InvalidInputError
+    from moltune.sbdd.train import train
+
+    with pytest.raises(InvalidInputError, match=r"eval.pockets \['3rfm'\]"):
+        train(_cfg(tiny, tmp_path / "bad", eval={"every_n_steps": 2, "n_samples": 1,
+                                                  "timesteps": 2, "pockets": ["3rfm"]}))
+
+
+def test_eval_pockets_limits_generation_to_those_pockets(tiny, tmp_path):
+    from moltune.sbdd.train import train
+
+    out = tmp_path / "one"
+    train(_cfg(tiny, out, max_steps=2, eval={"every_n_steps": 2, "n_samples": 2,
+                                             "timesteps": 2, "pockets": ["8bch"]}))
+    df = pd.read_csv(out / "metrics.csv")
+    v = df["val/validity"].dropna()
+    # one pocket x 2 samples: validity can only be 0, 0.5 or 1
+    assert len(v) >= 1 and set(v.round(6)) <= {0.0, 0.5, 1.0}
