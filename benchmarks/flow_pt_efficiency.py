@@ -17,7 +17,7 @@ ns across blocks; flow-PT's error is the Sokal error reported by compare-sampler
 underestimate with few transitions).
 
     python benchmarks/flow_pt_efficiency.py --compare runs/compare_aa \\
-        --plain data/aa_pt_train data/aa_pt_test data/aa_pt_dense
+        --plain data/aa_pt_dense [--flow-runs runs/flowpt_seed6 ...]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moltune.flow.pt_sampler import observable_series
+from moltune.flow.pt_sampler import observable_series, sampler_statistics
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.timeseries import integrated_autocorrelation, n_transitions
 
@@ -81,17 +81,51 @@ def combine_plain(runs: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
+def pool_flow_runs(stats: list[dict]) -> dict:
+    """ESS per CPU hour of several independent flow-PT runs: total ESS over total CPU time.
+
+    The error is the spread of the per-run rates (standard error) when there are 3+ runs, else
+    the per-run Sokal errors added in quadrature; the mean is the ESS-weighted mean.
+    """
+    obs = {}
+    for name in OBSERVABLES:
+        runs = [s["observables_T0"][name] for s in stats]
+        cpu_h = [s["cpu_s"] / 3600.0 for s in stats]
+        rate = sum(r["ess"] for r in runs) / sum(cpu_h)
+        if len(runs) >= 3:
+            err = float(
+                np.std([r["ess_per_cpu_hour"] for r in runs], ddof=1) / math.sqrt(len(runs))
+            )
+        else:
+            err = math.sqrt(sum(r["ess_error"] ** 2 for r in runs)) / sum(cpu_h)
+        w = np.array([r["ess"] for r in runs])
+        obs[name] = {
+            "ess_per_cpu_hour": rate, "ess_per_cpu_hour_error": err,
+            "mean": float(np.average([r["mean"] for r in runs], weights=w)),
+            "mean_error": float(1 / math.sqrt(sum(1 / r["mean_error"] ** 2 for r in runs)))
+            if all(r["mean_error"] > 0 for r in runs) else math.nan,
+        }  # fmt: skip
+    return {"observables_T0": obs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", required=True, help="moltune pt compare-samplers output folder")
     ap.add_argument("--plain", nargs="+", required=True,
                     help="long plain PT runs (same ladder and frame interval)")  # fmt: skip
     ap.add_argument("--block-ns", type=float, default=0.5, help="block length for the errors")
+    ap.add_argument("--flow-runs", nargs="*", default=[],
+                    help="further `moltune pt sample --flow` runs (other seeds) of the same flow "
+                    "and ladder, pooled with the comparison's flow_pt")  # fmt: skip
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
     comp = json.loads((Path(args.compare) / "compare.json").read_text())
     variants = comp["variants"]
+    if args.flow_runs:
+        variants["flow_pt (pooled seeds)"] = pool_flow_runs(
+            [variants["flow_pt"]] + [sampler_statistics(d) for d in args.flow_runs]
+        )
     plain_cpu_s_per_ns = variants["plain_pt"]["cpu_s_per_ns"]
     dt_ps = float(variants["plain_pt"]["save_interval_ps"])
     plain = combine_plain([b for d in args.plain for b in plain_blocks(d, args.block_ns, dt_ps)])
