@@ -152,8 +152,7 @@ def step_transport_flow(ctx: DemoContext) -> None:
     n_train = round(load_pt_data(ctx.results["pt_dir"]).n_frames * 0.75)
     cfg = load_config(
         TrainConfig, c.flow_preset, steps=c.flow_steps, batch_size=max(1, min(64, n_train)),
-        max_minutes=15.0,
-        val_every_steps=c.flow_steps, seed=c.seed, solvent=c.solvent,
+        max_minutes=15.0, val_every_steps=c.flow_steps, seed=c.seed, solvent=c.solvent,
         flow={"n_blocks": 2, "d_model": 32, "n_layers": 1},  # demo-sized TarFlow
         data={"train_dir": str(ctx.results["pt_dir"]), "pairs": [[0, 1]], "val_pairs": 1000,
               "val_fraction": 0.25, "reload_every_epoch": False},
