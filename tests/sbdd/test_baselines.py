@@ -120,3 +120,27 @@ def test_geometry_metric_is_reported_per_variant_and_sample(result):
     assert all(s[GEOMETRY_METRIC] > 0 for s in samples)
     assert GEOMETRY_METRIC in (out / "baselines.md").read_text()
     assert "effect_geometry" in rnd and rnd["effect_geometry"]["p_adjusted"] is not None
+
+
+def test_random_film_gain_scales_the_perturbation_and_is_reported(tiny):
+    import torch
+
+    from moltune.sbdd.baselines import BaselineConfig, load_items, make_variants
+
+    def gamma_beta(gain):
+        cfg = BaselineConfig(checkpoint=str(tiny["ckpt"]), data=str(tiny["processed"]), out="x",
+                             film_hidden_dims=[16], random_film_gain=gain, progress=False)
+        items, _ = load_items(cfg)
+        name, _, desc, model = make_variants(cfg, items)[2]
+        assert name == "random_film"
+        emb = torch.as_tensor(np.stack([d["embedding"] for d in items]), dtype=torch.float32)
+        with torch.no_grad():
+            g, b = model.film(emb)
+        return g - 1, b, desc
+
+    g1, b1, d1 = gamma_beta(1.0)
+    g10, b10, d10 = gamma_beta(10.0)
+    torch.testing.assert_close(g10, 10 * g1, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(b10, 10 * b1, rtol=1e-4, atol=1e-6)
+    assert "gain 10" in d10 and "gain" not in d1
+    assert f"gamma std {float((g10 + 1).std(unbiased=False)):.3f}" in d10

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--metric", default="valid_and_connected",
                    choices=("validity", "connectivity", "valid_and_connected", "qed", "sa"))
     b.add_argument("--film-hidden-dims", type=int, nargs="+", default=[128])
+    b.add_argument("--random-film-gain", type=float, default=1.0,
+                   help="scale of the random adapter's last layer (default 1: PyTorch init)")
     b.add_argument("--max-pockets", type=int, default=0, help="use the first N pockets only")
     b.add_argument("--pockets", nargs="+", default=[], metavar="ID",
                    help="use only these complexes of the split")
@@ -103,6 +105,7 @@ def _baselines(args: argparse.Namespace) -> int:
                          finetuned=list(args.finetuned), split=args.split,
                          timesteps=args.timesteps, metric=args.metric,
                          film_hidden_dims=list(args.film_hidden_dims),
+                         random_film_gain=args.random_film_gain,
                          max_pockets=args.max_pockets, pockets=list(args.pockets), progress=not args.no_progress,
                          threads=args.threads)
     res = run_baselines(cfg)
