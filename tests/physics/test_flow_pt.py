@@ -202,6 +202,44 @@ def test_identity_flow_acceptance_equals_naive_on_the_same_states(aa):
     assert move.buf.flow_calls == 2 * len(states)
 
 
+@pytest.mark.parametrize("velocities", ["keep", "redraw"])
+def test_velocities_after_an_accepted_flow_swap(aa, velocities):
+    """'keep': positions move, each temperature keeps its velocities; 'redraw': fresh ones."""
+    from types import SimpleNamespace
+
+    from moltune.physics.energy import TorchEnergy
+
+    class Replicas:  # the ReplicaSet interface the move uses
+        def __init__(self, pos, vel):
+            self.pos, self.vel, self.updates = pos, vel, {}
+
+        def get_states(self):
+            return self.pos.copy(), self.vel.copy()
+
+        def set_states(self, updates):
+            self.updates = updates
+
+    k = len(TEMPS3)
+    pos = np.repeat(aa.positions_nm[None], k, axis=0)  # equal states: D = 0, always accepted
+    vel = np.random.default_rng(1).standard_normal(pos.shape)
+    energy = TorchEnergy.from_topology(aa.topology).double()
+    move = FlowSwapMove(IdentityFlow(), energy.energy, TEMPS3, plan_swaps(TEMPS3, None),
+                        np.ones(aa.n_atoms), n_eq_steps=0, dt_ps=0.001,
+                        velocities=velocities)  # fmt: skip
+    state = SimpleNamespace(step=0, swap_events=0, rng=np.random.default_rng(0),
+                            walkers=np.arange(k))  # fmt: skip
+    reps = Replicas(pos, vel)
+    accepted = move(reps, state, np.asarray(TEMPS3), np.array([beta(t) for t in TEMPS3]),
+                    np.zeros(k))  # fmt: skip
+    assert accepted.tolist() == [1, -1]  # event 0 tries pair (0, 1)
+    assert sorted(reps.updates) == [0, 1]
+    for s, (_, v) in reps.updates.items():
+        assert (np.array_equal(v, vel[s])) == (velocities == "keep")
+    with pytest.raises(InvalidInputError, match="velocities"):
+        FlowSwapMove(IdentityFlow(), energy.energy, TEMPS3, plan_swaps(TEMPS3, None),
+                     np.ones(aa.n_atoms), n_eq_steps=0, dt_ps=0.001, velocities="hot")
+
+
 def test_identity_flow_run_records_the_naive_acceptance(aa, tmp_path):
     """Every swap of a run through the identity flow has D = (b_i - b_j)(U_i - U_j) on the OpenMM
     energies of the frames saved at that step (saved every swap, before it)."""

@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,12 +76,24 @@ def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", os.urandom(256)])
+RANDOM_BYTES = [np.random.default_rng(s).bytes(256) for s in range(200)]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all\n", *RANDOM_BYTES[:1]])
 def test_not_a_checkpoint_file(tmp_path, content):
     path = tmp_path / "junk.ckpt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match="junk.ckpt"):
         LigandDiffusionModel.from_checkpoint(path)
+
+
+def test_random_bytes_always_give_a_checkpoint_error(tmp_path):
+    """About 5% of random files made the unpickler raise IndexError, which escaped as a crash."""
+    path = tmp_path / "junk.ckpt"
+    for content in RANDOM_BYTES:
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError, match="junk.ckpt"):
+            read_checkpoint_file(path)
 
 
 def test_torch_file_without_checkpoint_structure(tmp_path):

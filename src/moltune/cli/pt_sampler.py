@@ -51,6 +51,11 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
     p.add_argument("--skip", type=int, nargs=2, action="append", default=[], metavar=("I", "J"),
                    help="also try direct swaps between temperature indices I and J (repeatable)")  # fmt: skip
     p.add_argument("--skip-every", type=int, default=1, help="try skips every N swap events")
+    p.add_argument(
+        "--velocities", choices=("keep", "redraw"), default="keep",
+        help="after an accepted flow swap: keep the replica's velocities (default) or redraw "
+        "them from Maxwell-Boltzmann",
+    )  # fmt: skip
     p.add_argument("--time-ns", type=float, required=True, help="production time per replica, ns")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--workers", type=int, default=0,
@@ -94,6 +99,7 @@ def _sample(args: argparse.Namespace) -> int:
     res = sample(
         args.peptide, args.out, cfg, flow=flow, flow_info=info,
         skip_pairs=[tuple(s) for s in args.skip], skip_every=args.skip_every,
+        velocities=args.velocities,
         progress=not args.no_progress, observable_residue=args.observable_residue,
     )  # fmt: skip
     acc = ", ".join(
