@@ -86,3 +86,12 @@ def energy_test_system():
         return cache[(name, solvent)]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def aa():
+    """The AA zwitterion, built once (``build_peptide`` is deterministic, so every test sees the
+    same atoms a fresh build would give)."""
+    from moltune.physics.peptide import build_peptide
+
+    return build_peptide("AA")

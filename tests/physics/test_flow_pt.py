@@ -41,11 +41,6 @@ TINY = {"time_ns": 0.004, "save_interval_ps": 0.1, "swap_interval_ps": 0.1,
 
 
 @pytest.fixture(scope="module")
-def aa():
-    return build_peptide("AA")
-
-
-@pytest.fixture(scope="module")
 def plain_run(aa, tmp_path_factory):
     out = tmp_path_factory.mktemp("flowpt") / "plain"
     sample(aa, out, PTConfig(temperatures_K=TEMPS3, **TINY), progress=False)

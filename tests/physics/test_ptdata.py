@@ -4,18 +4,12 @@ import numpy as np
 import pytest
 
 from moltune.common.errors import InvalidInputError
-from moltune.physics.peptide import build_peptide
 from moltune.physics.ptdata import combine_pt_data, load_pt_data
 from moltune.physics.replica_exchange import PTConfig, simulate
 
 TEMPS = [300.0, 450.0, 670.0, 1000.0]
 TINY = {"time_ns": 0.002, "save_interval_ps": 0.2, "swap_interval_ps": 0.1,
         "equilibration_ps": 0.2, "checkpoint_interval_ps": 1.0}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def aa():
-    return build_peptide("AA")
 
 
 def _run(aa, path, temps=TEMPS, seed=3):
@@ -43,7 +37,8 @@ def test_combine_runs_concatenates_per_temperature(aa, tmp_path):
 def test_training_config_takes_several_runs(aa, tmp_path):
     from moltune.flow.train import _load
 
-    _run(aa, tmp_path / "a"), _run(aa, tmp_path / "b", seed=7)
+    _run(aa, tmp_path / "a")
+    _run(aa, tmp_path / "b", seed=7)
     data = _load([str(tmp_path / "a"), str(tmp_path / "b")], "training data")
     assert data.xyz_nm[0].shape[0] == 20
     assert _load(str(tmp_path / "a"), "training data").xyz_nm[0].shape[0] == 10

@@ -14,7 +14,6 @@ import pytest
 from scipy import integrate, stats
 
 from moltune.common.errors import InputFileError, InvalidInputError, UserError
-from moltune.physics.peptide import build_peptide
 from moltune.physics.ptdata import (
     STATE_FILE,
     block_standard_error,
@@ -37,11 +36,6 @@ from moltune.physics.units import KB_KJMOL, beta
 TEMPS = [300.0, 450.0, 670.0, 1000.0]
 TINY = {"time_ns": 0.002, "save_interval_ps": 0.2, "swap_interval_ps": 0.1,
         "equilibration_ps": 0.2, "checkpoint_interval_ps": 0.5, "seed": 3}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def aa():
-    return build_peptide("AA")
 
 
 def test_swap_pairs_alternate():

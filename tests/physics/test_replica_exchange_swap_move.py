@@ -5,9 +5,7 @@ run records, and the default move reproduces the pre-hook plain swap bit for bit
 import math
 
 import numpy as np
-import pytest
 
-from moltune.physics.peptide import build_peptide
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.replica_exchange import (
     PTConfig,
@@ -22,12 +20,6 @@ TEMPS = [300.0, 450.0, 670.0, 1000.0]
 # 0.2 ps equilibration + 2 ps production, swaps every 0.1 ps (22 events), chunks every 0.5 ps
 TINY = {"time_ns": 0.002, "save_interval_ps": 0.2, "swap_interval_ps": 0.1,
         "equilibration_ps": 0.2, "checkpoint_interval_ps": 0.5, "seed": 3}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def aa():
-    # one Peptide object for every run here: the runs compared must start from the same atoms
-    return build_peptide("AA")
 
 
 def _previous_plain_swap(replicas, state, temps, betas, energies) -> np.ndarray:

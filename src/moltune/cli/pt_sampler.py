@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from moltune.cli.pt_simulate import add_simulation_options, add_system_options
+
 
 def _pt_options(p: argparse.ArgumentParser, save_interval_ps: float = 1.0) -> None:
-    from moltune.cli.pt_simulate import add_simulation_options
-
     add_simulation_options(p, save_interval_ps)
     p.add_argument("--observable-residue", type=int, default=0,
                    help="which phi/psi column the slow observable uses (AA: 0, the only one)")  # fmt: skip
@@ -42,9 +42,7 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
         "`pt simulate` layout plus sampler.json, sampler_stats.json (per-pair acceptance, flow "
         "statistics, round trips, CPU) and plots/sampler.png. Rerunning resumes or extends.",
     )
-    p.add_argument("--peptide", required=True, help='one-letter sequence ("AA") or a PDB file')
-    p.add_argument("--temperatures", type=float, nargs="+", default=[300, 450, 670, 1000],
-                   metavar="K", help="ascending temperatures in K (default: 300 450 670 1000)")  # fmt: skip
+    add_system_options(p)
     p.add_argument("--flow", default=None,
                    help="trained flow run folder or checkpoint (`moltune pt train`), or "
                    "'identity' (the naive swap through the flow path); none: plain PT")  # fmt: skip
@@ -71,10 +69,8 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
         "when the flow serves that pair) into OUT/<variant>, matches their process CPU time to "
         "the flow-PT run's, and writes compare.md, compare.json and compare.png.",
     )
-    c.add_argument("--peptide", required=True)
+    add_system_options(c)
     c.add_argument("--flow", required=True, help="trained flow run folder or checkpoint")
-    c.add_argument("--temperatures", type=float, nargs="+", default=[300, 450, 670, 1000],
-                   metavar="K")  # fmt: skip
     c.add_argument("--skip-temperatures", type=float, nargs=2, default=[300, 1000],
                    metavar=("LOW", "HIGH"), help="the 2-replica skip ladder (300 1000)")  # fmt: skip
     c.add_argument("--no-skip", action="store_true", help="no 2-replica skip variant")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 
 
+def add_system_options(p: argparse.ArgumentParser) -> None:
+    """The peptide and the temperature ladder (K), for every command that runs PT."""
+    p.add_argument("--peptide", required=True, help='one-letter sequence ("AA") or a PDB file')
+    p.add_argument("--temperatures", type=float, nargs="+", default=[300, 450, 670, 1000],
+                   metavar="K", help="ascending temperatures in K (default: 300 450 670 1000)")  # fmt: skip
+
+
 def add_simulation_options(p: argparse.ArgumentParser, save_interval_ps: float = 1.0) -> None:
     """Integrator, swap, output and platform flags shared by every command that runs PT."""
     p.add_argument("--save-interval-ps", type=float, default=save_interval_ps,
@@ -33,9 +40,7 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
         "topology.pdb, metadata.json, pt_data.npz (and chunks/, state.npz) into --out; running the "
         "same command again resumes an interrupted run, or extends it with a longer --time-ns.",
     )
-    p.add_argument("--peptide", required=True, help='one-letter sequence ("AA") or a PDB file')
-    p.add_argument("--temperatures", type=float, nargs="+", default=[300, 450, 670, 1000],
-                   metavar="K", help="ascending temperatures in K (default: 300 450 670 1000)")  # fmt: skip
+    add_system_options(p)
     p.add_argument("--time-ns", type=float, required=True, help="production time per replica, ns")
     p.add_argument("--out", required=True, help="output directory")
     add_simulation_options(p)
