@@ -149,13 +149,14 @@ def step_transport_flow(ctx: DemoContext) -> None:
     c = ctx.cfg
     if c.flow_steps <= 0:
         return
-    n_train = round(load_pt_data(ctx.results["pt_dir"]).n_frames * 0.75)
+    held_out = 0.25  # last quarter of the demo's frames validates the flow
+    n_train = round(load_pt_data(ctx.results["pt_dir"]).n_frames * (1 - held_out))
     cfg = load_config(
         TrainConfig, c.flow_preset, steps=c.flow_steps, batch_size=max(1, min(64, n_train)),
         max_minutes=15.0, val_every_steps=c.flow_steps, seed=c.seed, solvent=c.solvent,
         flow={"n_blocks": 2, "d_model": 32, "n_layers": 1},  # demo-sized TarFlow
         data={"train_dir": str(ctx.results["pt_dir"]), "pairs": [[0, 1]], "val_pairs": 1000,
-              "val_fraction": 0.25, "reload_every_epoch": False},
+              "val_fraction": held_out, "reload_every_epoch": False},
     )  # fmt: skip
     cfg.data.test_dir = None  # hold out the tail of the demo's own run
     run_path = train(cfg, ctx.run.path / "flow")
