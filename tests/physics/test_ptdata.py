@@ -35,10 +35,10 @@ def test_combine_runs_concatenates_per_temperature(aa, tmp_path):
 
 
 def test_training_config_takes_several_runs(aa, tmp_path):
-    from moltune.flow.train import _load
+    from moltune.flow.train import load_pt_runs
 
     _run(aa, tmp_path / "a")
     _run(aa, tmp_path / "b", seed=7)
-    data = _load([str(tmp_path / "a"), str(tmp_path / "b")], "training data")
+    data = load_pt_runs([str(tmp_path / "a"), str(tmp_path / "b")], "training data")
     assert data.xyz_nm[0].shape[0] == 20
-    assert _load(str(tmp_path / "a"), "training data").xyz_nm[0].shape[0] == 10
+    assert load_pt_runs(str(tmp_path / "a"), "training data").xyz_nm[0].shape[0] == 10

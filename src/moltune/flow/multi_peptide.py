@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
-from moltune.flow.train import FlowConfig, _load
+from moltune.flow.train import FlowConfig, load_pt_runs
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
         if unknown or "train_dir" not in spec:
             raise InvalidInputError(f"peptide {name}: expected train_dir (and test_dir), got "
                                     f"{sorted(spec)}")  # fmt: skip
-        data = _load(spec["train_dir"], f"{name} training data")
+        data = load_pt_runs(spec["train_dir"], f"{name} training data")
         temps = [float(t) for t in data.temperatures_K]
         if ladder is None:
             ladder = temps
@@ -136,7 +136,7 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
             raise InvalidInputError(f"peptide {name} has the ladder {temps} K, not {ladder} K")
         pairs = [tuple(p) for p in cfg.pairs] if cfg.pairs else neighbour_pairs(len(temps))
         if spec.get("test_dir"):
-            test = _load(spec["test_dir"], f"{name} held-out data")
+            test = load_pt_runs(spec["test_dir"], f"{name} held-out data")
             train_sets, val_sets = make_pairs(data, pairs), make_pairs(test, pairs)
         else:
             n = min(len(f) for f in data.xyz_nm)
@@ -306,7 +306,7 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True) -
 
     first_dir = next(iter(cfg.peptides.values()))
     first_dir = first_dir["train_dir"] if isinstance(first_dir, dict) else first_dir
-    core = build_flow(cfg.flow, _load(first_dir, "training data").topology).core
+    core = build_flow(cfg.flow, load_pt_runs(first_dir, "training data").topology).core
     if init_weights is not None:
         core.load_state_dict(init_weights)
     sets = load_peptide_sets(cfg, core)

@@ -98,7 +98,7 @@ def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
     return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 
 
-def _load(directory: str | list | None, what: str):
+def load_pt_runs(directory: str | list | None, what: str):
     """PT data of one folder, or of several folders (same peptide and ladder) combined."""
     from moltune.physics.ptdata import combine_pt_data, load_pt_data
 
@@ -174,8 +174,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     run.write_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    train_data = _subsample(_load(cfg.data.train_dir, "training data"), cfg.data.max_frames)
-    test_data = _load(cfg.data.test_dir, "held-out data") if cfg.data.test_dir else None
+    train_data = _subsample(load_pt_runs(cfg.data.train_dir, "training data"), cfg.data.max_frames)
+    test_data = load_pt_runs(cfg.data.test_dir, "held-out data") if cfg.data.test_dir else None
     pairs = [tuple(p) for p in cfg.data.pairs] if cfg.data.pairs else None
     dm = TransportDataModule(
         train_data, test_data, pairs, cfg.batch_size, cfg.data.val_pairs, cfg.data.val_fraction,
@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
     )  # fmt: skip
     if cfg.data.reload_every_epoch:
         dm.reload = lambda: _subsample(
-            _load(cfg.data.train_dir, "training data"), cfg.data.max_frames
+            load_pt_runs(cfg.data.train_dir, "training data"), cfg.data.max_frames
         )
     flow = build_flow(cfg.flow, train_data.topology)
     if hasattr(flow, "representation"):
