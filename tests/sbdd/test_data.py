@@ -302,3 +302,23 @@ def test_process_cli(tmp_path):
     assert len(summary["splits"]["val"]) == 2 and len(summary["splits"]["train"]) == 1
     assert not (out / "embeddings").exists()
     assert main(["sbdd", "process", "--data", str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+def test_explicit_split_keeps_protein_groups_whole(tmp_path):
+    """An explicit split may not separate 1fbh / 3fbp (same protein family), nor name a
+    complex that was not processed; whole groups in one split are accepted."""
+    _need_complexes()
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("1fbh", "3fbp", "1w1p"):
+        os.symlink((COMPLEXES / name).resolve(), src / name)
+    with pytest.raises(InvalidInputError, match="separates one protein group"):
+        data.process_complexes(src, tmp_path / "bad", {"1fbh": "val"}, embedding=None,
+                               progress=False)
+    with pytest.raises(InvalidInputError, match=r"\['1xyz'\]"):
+        data.process_complexes(src, tmp_path / "typo", {"1xyz": "val"}, embedding=None,
+                               progress=False)
+    summary = data.process_complexes(src, tmp_path / "ok", {"1fbh": "val", "3fbp": "val"},
+                                     embedding=None, progress=False)
+    assert summary["splits"]["val"] == ["1fbh", "3fbp"]
+    assert summary["splits"]["train"] == ["1w1p"]

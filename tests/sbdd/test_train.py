@@ -253,3 +253,21 @@ def test_eval_pockets_limits_generation_to_those_pockets(tiny, tmp_path):
     v = df["val/validity"].dropna()
     # one pocket x 2 samples: validity can only be 0, 0.5 or 1
     assert len(v) >= 1 and set(v.round(6)) <= {0.0, 0.5, 1.0}
+
+
+def test_data_ligand_at_pocket_com_moves_train_and_val_ligands(tiny, tmp_path):
+    """data.ligand_at_pocket_com puts every ligand (train and val) on its pocket's centre of
+    mass, as the sbdd_standin preset trains; off, ligands keep their crystal positions."""
+    from moltune.sbdd.train import load_splits
+
+    on = load_splits(_cfg(tiny, tmp_path / "a", data={"processed": str(tiny["processed"]),
+                                                      "ligand_at_pocket_com": True}),
+                     tiny["processed"])
+    off = load_splits(_cfg(tiny, tmp_path / "b"), tiny["processed"])
+    for moved, orig in zip(on[0] + on[1], off[0] + off[1]):
+        poc = np.asarray(orig["pocket_coords"], float).mean(0)
+        np.testing.assert_allclose(np.asarray(moved["lig_coords"], float).mean(0), poc, atol=1e-4)
+    offsets = [np.linalg.norm(np.asarray(d["lig_coords"], float).mean(0)
+                              - np.asarray(d["pocket_coords"], float).mean(0))
+               for d in off[0] + off[1]]
+    assert max(offsets) > 0.5

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default 0.2)")
     p.add_argument("--test-fraction", type=float, default=0.0, help="fraction for test (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the group shuffle (default 0)")
+    p.add_argument("--val-ids", nargs="+", metavar="ID",
+                   help="explicit validation complexes (the rest train; --val/test-fraction and "
+                   "--seed are then unused); refused if it separates a protein group")
     p.add_argument("--cutoff", type=float, default=8.0, help="pocket cutoff in Å (default 8)")
     p.add_argument("--min-identity", type=float, default=0.4,
                    help="sequence identity that puts two proteins in one group (default 0.4)")
@@ -58,8 +61,9 @@ def _process(args: argparse.Namespace) -> int:
     from moltune.sbdd.data import process_complexes
 
     embedding = None if str(args.embedding).lower() == "none" else args.embedding
+    split = {i: "val" for i in args.val_ids} if args.val_ids else None
     summary = process_complexes(
-        args.data, args.out, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        args.data, args.out, split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, embedding=embedding, cutoff_A=args.cutoff,
         min_contact_fraction=args.min_contact_fraction, min_identity=args.min_identity,
     )

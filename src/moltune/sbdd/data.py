@@ -568,7 +568,8 @@ def process_complexes(
 ) -> dict[str, Any]:
     """Process every complex of ``src_dir`` into the DiffSBDD layout under ``out_dir``.
 
-    ``split``: optional explicit assignment {id: "train"|"val"|"test"}; otherwise complexes are
+    ``split``: optional explicit assignment {id: "train"|"val"|"test"} (missing ids: train; a
+    protein group split across two splits is refused); otherwise complexes are
     grouped by protein (:func:`group_by_protein`, ``min_identity``) and whole groups are dealt to
     val / test / train (:func:`split_groups`). ``embedding``: provider spec (see
     :func:`moltune.sbdd.embeddings.make_provider`) or None for no embeddings.
@@ -625,7 +626,16 @@ def process_complexes(
         bad = {k: v for k, v in split.items() if v not in SPLITS}
         if bad:
             raise InvalidInputError(f"unknown split name(s) {bad}; use train, val or test")
+        unknown = sorted(set(split) - set(by_id))
+        if unknown:
+            raise InvalidInputError(f"explicit split names complexes {unknown} that were not "
+                                    f"processed (found: {sorted(by_id)}; see skipped.json)")
         assignment = {i: split.get(i, "train") for i in by_id}
+        for g in groups:  # an explicit split is still a split by protein
+            if len({assignment[i] for i in g}) > 1:
+                raise InvalidInputError(
+                    f"explicit split separates one protein group {g} "
+                    f"({ {i: assignment[i] for i in g} }); put the whole group in one split")
     else:
         assignment = split_groups(groups, val_fraction, test_fraction, seed)
 

@@ -44,6 +44,9 @@ class DataConfig:
     val_fraction: float = 0.2
     train_subset: list[str] = field(default_factory=list)  # keep only these training complexes
     centre: bool = True
+    # Translate each ligand rigidly onto its pocket's centre of mass (train and val), where the
+    # sampler puts it: for a pretrained model trained that way (the stand-in preset).
+    ligand_at_pocket_com: bool = False
 
 
 @dataclass
@@ -186,6 +189,11 @@ def load_splits(cfg: FinetuneConfig, pdir: Path) -> tuple[list[dict], list[dict]
         raise InvalidInputError(f"{pdir}: no training complexes")
     if not val:
         raise InvalidInputError(f"{pdir}: no validation complexes (val.npz empty or missing)")
+    if cfg.data.ligand_at_pocket_com:
+        from moltune.sbdd.standin import centre_ligand_on_pocket
+
+        train = [centre_ligand_on_pocket(d) for d in train]
+        val = [centre_ligand_on_pocket(d) for d in val]
     for d in train + val:
         if d.get("embedding") is None:
             raise InvalidInputError(f"{pdir}: complex {d['name']} has no embedding "
