@@ -197,9 +197,9 @@ def test_identity_flow_acceptance_equals_naive_on_the_same_states(aa):
     assert move.buf.flow_calls == 2 * len(states)
 
 
-@pytest.mark.parametrize("velocities", ["keep", "redraw"])
+@pytest.mark.parametrize("velocities", ["keep", "redraw", "harmonic"])
 def test_velocities_after_an_accepted_flow_swap(aa, velocities):
-    """'keep': positions move, each temperature keeps its velocities; 'redraw': fresh ones."""
+    """'keep': positions move, each temperature keeps its velocities; 'redraw', 'harmonic': new ones."""
     from types import SimpleNamespace
 
     from moltune.physics.energy import TorchEnergy

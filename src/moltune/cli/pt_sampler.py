@@ -50,9 +50,11 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
                    help="also try direct swaps between temperature indices I and J (repeatable)")  # fmt: skip
     p.add_argument("--skip-every", type=int, default=1, help="try skips every N swap events")
     p.add_argument(
-        "--velocities", choices=("keep", "redraw"), default="redraw",
-        help="after an accepted flow swap: redraw velocities from Maxwell-Boltzmann (default) or "
-        "keep the replica's (measured worse at 1 fs); use --timestep-fs 0.5 for exact statistics",
+        "--velocities", choices=("harmonic", "redraw", "keep"), default="harmonic",
+        help="velocities after an accepted flow swap: 'harmonic' (default) draws them as the "
+        "Langevin integrator's stationary state given the new coordinates (exact for stiff "
+        "bonds and angles); 'redraw' plain Maxwell-Boltzmann (about 1 kT too hot at 1 fs); "
+        "'keep' the replica's own (worse)",
     )  # fmt: skip
     p.add_argument("--time-ns", type=float, required=True, help="production time per replica, ns")
     p.add_argument("--out", required=True, help="output directory")

@@ -12,14 +12,16 @@ At each swap event the neighbour pairs of that event's parity are tried; a pair 
 serves proposes g(x, y) = (T^-1(y), T(x)) and is accepted with min(1, exp(D)), D from
 ``moltune.flow.swaps.propose_flow_swap`` with all four energies from ``TorchEnergy`` (float64) so
 that D is exact for one energy function (it equals OpenMM's to ~1e-4 kJ/mol). After an accepted
-flow swap each replica continues from its new coordinates with velocities redrawn from
-Maxwell-Boltzmann (``velocities="redraw"``, the default) or with the velocities it had
-(``"keep"``). Both leave p(x) x MB(v) invariant for exact dynamics, but OpenMM's Langevin
-integrators keep velocities half a step off the positions, and at 1 fs (no constraints) the
-stiff bonds and angles notice: measured on AA, "redraw" leaves bond + angle energy about 1 kT
-above plain PT at every temperature (gone at 0.5 fs, where flow-PT and plain PT agree within
-errors) and "keep" (velocities out of phase with the new coordinates) is far worse (+8.5 kJ/mol
-at 300 K, +45 at 1000 K). For exact statistics run flow-PT with ``timestep_fs=0.5``. Pairs the flow does not serve use the plain swap (velocities
+flow swap each replica continues from its new coordinates with velocities drawn from the
+integrator's own stationary p(v | x) in the local harmonic approximation
+(``velocities="harmonic"``, the default, :func:`moltune.physics.integrator.langevin_middle_velocities`),
+from plain Maxwell-Boltzmann (``"redraw"``) or kept (``"keep"``). All three leave p(x) x MB(v)
+invariant for exact dynamics, but OpenMM's ``LangevinMiddleIntegrator`` stores velocities
+correlated with positions, and at 1 fs (no constraints) the stiff bonds and angles notice:
+measured on AA, "redraw" leaves bond + angle energy about 1 kT above plain PT at every
+temperature (gone at 0.5 fs) and "keep" is far worse (+8.5 kJ/mol at 300 K, +45 at 1000 K).
+"harmonic" is exact for harmonic modes, which is what the stiff ones are.
+Pairs the flow does not serve use the plain swap (velocities
 rescaled). Optional skip pairs (i, j) with j > i + 1 are tried every ``skip_every`` events after
 the neighbour pairs. One uniform number per tried pair comes from the run's swap RNG, so a run is
 reproducible and resumes exactly; with no flow the run *is* ``replica_exchange.simulate``.
@@ -60,6 +62,8 @@ STATS_FILE = "sampler_stats.json"
 RECORD_PREFIX = "flowswap_"
 KIND_PLAIN, KIND_FLOW, KIND_SKIP = 0, 1, 2
 KIND_NAMES = {KIND_PLAIN: "plain", KIND_FLOW: "flow", KIND_SKIP: "skip"}
+#: Velocities after an accepted flow swap (see the module doc); the first is the default.
+VELOCITY_MODES = ("harmonic", "redraw", "keep")
 RECORD_KEYS = ("event", "time_ps", "i", "j", "kind", "log_alpha", "accepted", "nonfinite")
 TEMP_TOL_K = 1e-6
 
@@ -147,7 +151,8 @@ class FlowSwapMove:
     """The swap move of one flow-PT run (called by ``replica_exchange``'s loop, see module doc).
 
     ``flow`` maps T_i -> T_j as ``flow(x, t_i, t_j)`` / ``flow.inverse(y, t_i, t_j)``; ``energy``
-    maps [B, N, 3] nm (float64) to U [B] kJ/mol; ``masses_amu`` [N] for redrawing velocities;
+    maps [B, N, 3] nm (float64) to U [B] kJ/mol (differentiable for ``velocities="harmonic"``);
+    ``masses_amu`` [N] for new velocities; ``dt_ps`` the integrator's step;
     ``plan`` from :func:`plan_swaps`; ``n_eq_steps`` / ``dt_ps`` to tell production events.
     """
 
@@ -161,13 +166,17 @@ class FlowSwapMove:
         n_eq_steps: int,
         dt_ps: float,
         skip_every: int = 1,
-        velocities: str = "redraw",
+        velocities: str = "harmonic",
     ):
+        from moltune.physics.integrator import torch_gradient
         from moltune.physics.units import KB_KJMOL, beta
 
-        if velocities not in ("keep", "redraw"):
-            raise InvalidInputError(f"velocities must be 'keep' or 'redraw', got {velocities!r}")
-        self.redraw = velocities == "redraw"
+        if velocities not in VELOCITY_MODES:
+            raise InvalidInputError(
+                f"velocities must be one of {', '.join(VELOCITY_MODES)}, got {velocities!r}"
+            )
+        self.velocities = velocities
+        self.grad_fn = torch_gradient(energy)
 
         self.flow = flow.eval()
         self.energy = energy
@@ -179,8 +188,9 @@ class FlowSwapMove:
         self.skip_every = max(1, int(skip_every))
         self.n_eq, self.dt_ps = int(n_eq_steps), float(dt_ps)
         # kJ/mol / amu = (nm/ps)^2: Maxwell-Boltzmann standard deviation per atom at each T
-        m = np.asarray(masses_amu, dtype=np.float64)
-        self.v_sigma = [np.sqrt(KB_KJMOL * t / m)[:, None] for t in self.temps]
+        self.masses = np.asarray(masses_amu, dtype=np.float64)
+        self.kts = [KB_KJMOL * t for t in self.temps]
+        self.v_sigma = [np.sqrt(kt / self.masses)[:, None] for kt in self.kts]
         self.buf = _Buffer()
 
     # -- flow proposals (batched over the pairs of one event when one flow serves them all)
@@ -208,8 +218,16 @@ class FlowSwapMove:
         self.buf.flow_calls += 2
         return prop
 
-    def _draw_velocities(self, k: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.standard_normal(self.v_sigma[k].shape[:1] + (3,)) * self.v_sigma[k]
+    def _new_velocities(self, k: int, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Velocities (nm/ps) for new coordinates x at temperature slot k (``self.velocities``)."""
+        if self.velocities == "redraw":
+            return rng.standard_normal(x.shape) * self.v_sigma[k]
+        from moltune.physics.integrator import langevin_middle_velocities
+
+        c0 = time.process_time()
+        v = langevin_middle_velocities(self.grad_fn, x, self.masses, self.kts[k], self.dt_ps, rng)
+        self.buf.energy_cpu_s += time.process_time() - c0
+        return v
 
     def __call__(self, replicas, state, temps, betas, energies) -> np.ndarray:
         """One swap event (``replica_exchange.SwapMove``): int8 [K-1] for the neighbour pairs."""
@@ -283,8 +301,8 @@ class FlowSwapMove:
                 state.walkers[[i, j]] = state.walkers[[j, i]]
             if production:
                 self._record(event, t_ps, i, j, KIND_SKIP, d, ok, bool(sp.nonfinite[0]))
-        for s in sorted(changed) if self.redraw else ():  # fresh Maxwell-Boltzmann velocities
-            vel[s] = self._draw_velocities(s, state.rng)
+        for s in sorted(changed) if self.velocities != "keep" else ():
+            vel[s] = self._new_velocities(s, pos[s], state.rng)
         updates = {s: (pos[s], vel[s]) for s in sorted(changed | plain_changed)}
         if updates:
             replicas.set_states(updates)
@@ -385,7 +403,7 @@ def sample(
     progress: bool = True,
     stop_after_chunks: int | None = None,
     observable_residue: int = 0,
-    velocities: str = "redraw",
+    velocities: str = "harmonic",
 ) -> dict:
     """Run (or resume) flow-enhanced PT into ``out_dir``; returns :func:`sampler_statistics`.
 
