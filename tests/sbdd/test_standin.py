@@ -123,3 +123,19 @@ def test_bad_schedule_name_is_refused(tiny, tmp_path):
                         lr_schedule="linear", egnn_overrides=TINY)
     with pytest.raises(InvalidInputError, match="lr_schedule"):
         train_standin(cfg, progress=False)
+
+
+def test_multi_pocket_preset_is_the_standin_recipe_warm_started():
+    """sbdd_standin_multi differs from sbdd_standin only in what it memorises, where it starts
+    and how long it trains: a silent drift of the recipe would break the warm start."""
+    import dataclasses
+
+    from moltune.common.config import load_config
+    from moltune.sbdd.standin import StandinConfig
+
+    one = dataclasses.asdict(load_config(StandinConfig, "sbdd_standin"))
+    multi = dataclasses.asdict(load_config(StandinConfig, "sbdd_standin_multi"))
+    differ = {k for k in one if one[k] != multi[k]}
+    assert differ <= {"complexes", "init", "steps", "x0_every"}
+    assert one["complexes"] == ["3rfm"] and set(multi["complexes"]) == {"3rfm", "1uw6", "1w1p"}
+    assert one["init"] == "scratch" and multi["init"].endswith("standin.ckpt")

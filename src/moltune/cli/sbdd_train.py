@@ -71,6 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="sbdd_standin", help="preset (default sbdd_standin)")
     s.add_argument("--steps", type=int, help="overrides steps")
+    s.add_argument("--init", help="warm start from this DiffSBDD checkpoint (overrides the "
+                   "preset's init; 'scratch' for the model's own initialisation)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=_standin)
 
@@ -117,7 +119,8 @@ def _standin(args: argparse.Namespace) -> int:
     from moltune.common.config import load_config
     from moltune.sbdd.standin import StandinConfig, train_standin
 
-    cfg = load_config(StandinConfig, args.preset, data=args.data, out=args.out, steps=args.steps)
+    cfg = load_config(StandinConfig, args.preset, data=args.data, out=args.out, steps=args.steps,
+                      init=args.init)
     res = train_standin(cfg, progress=not args.no_progress)
     print(json.dumps({"checkpoint": res["checkpoint"], **{k: res["summary"].get(k) for k in (
         "validity", "connectivity", "valid_and_connected")}}))
