@@ -13,10 +13,7 @@ Read top to bottom:
    A causal transformer turns that into 9 numbers per token: for each slot either an affine
    update ``z * exp(s) + t`` with a bounded log-scale ``s``, or a circular Moebius map (with the
    rotor's symmetry). Because position ``p`` only reads tokens ``< p``, the Jacobian is
-   triangular and its log-determinant is the SUM of the per-slot terms. Optionally
-   (``slot_coupling``) a slot also reads the earlier slots of its own token (bond -> angle ->
-   torsion), which the plain block cannot: its three slots move independently given the
-   tokens before it. The Jacobian stays triangular.
+   triangular and its log-determinant is the SUM of the per-slot terms.
 3. **The stack** alternates the order (build order, then reversed), so every token is
    eventually conditioned on every other -- no trained mixing matrices.
 4. **Identity at start.** The output layer of every block is zero, so every update is the
@@ -108,7 +105,6 @@ class AutoregressiveBlock(nn.Module):
         scale_bound: float,
         atom_embeddings: bool = True,
         mlp_ratio: int = 4,
-        slot_coupling: bool = False,
     ):
         super().__init__()
         self.reverse = reverse
@@ -127,11 +123,6 @@ class AutoregressiveBlock(nn.Module):
             TransformerLayer(d_model, n_heads, mlp_ratio) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.slot_in = (
-            nn.Sequential(nn.Linear(N_FEATURES, d_model), nn.GELU(), nn.Linear(d_model, d_model))
-            if slot_coupling
-            else None
-        )
         self.out = nn.Linear(d_model, N_PARAMS)
         nn.init.zeros_(self.out.weight)  # the block starts as the identity map
         nn.init.zeros_(self.out.bias)
@@ -161,13 +152,6 @@ class AutoregressiveBlock(nn.Module):
         out = self.out(self.norm(h)).to(dtype)
         return out.view(*out.shape[:-1], 3, 3)
 
-    def _slot_params(self, h: torch.Tensor, own: torch.Tensor, slot: int, dtype) -> torch.Tensor:
-        """[..., 3] parameters of one slot from ``h`` and the features [..., 9] of the same
-        token's slots before ``slot`` (the rest masked to zero)."""
-        mask = torch.zeros(N_FEATURES, dtype=own.dtype, device=own.device)
-        mask[: 3 * slot] = 1.0
-        return self._params(h + self.slot_in(own * mask), dtype)[..., slot, :]
-
     def forward(self, z: torch.Tensor, cond: torch.Tensor, rep):
         """Parallel direction: every token updated at once from the (unchanged) input tokens."""
         perm, inv = self._order(z.shape[1], z.device)
@@ -178,11 +162,7 @@ class AutoregressiveBlock(nn.Module):
         h = self._context(rep, perm, cond) + self.feature_in(shifted)
         for layer in self.layers:
             h = layer(h)
-        if self.slot_in is None:
-            params = self._params(h, z.dtype)
-        else:
-            params = torch.stack([self._slot_params(h, feats, s, z.dtype) for s in range(3)], -2)
-        yp, ld = apply_slots(zp, params, kind, sym, self.scale_bound)
+        yp, ld = apply_slots(zp, self._params(h, z.dtype), kind, sym, self.scale_bound)
         return yp[:, inv], ld.sum(-1)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor, rep, use_cache: bool = True):
@@ -206,32 +186,15 @@ class AutoregressiveBlock(nn.Module):
                 for layer in self.layers:
                     h = layer(h)
                 h = h[:, -1:]
-            if self.slot_in is None:
-                x_p, ld_p = apply_token_slots(
-                    yp[:, p], self._params(h[:, 0], y.dtype), kinds[p], syms[p],
-                    self.scale_bound, inverse=True,
-                )  # fmt: skip
-            else:  # slot by slot: each reads the slots of this token already rebuilt
-                x_p, ld_p = self._invert_coupled(h[:, 0], yp[:, p], kind[p : p + 1], kinds[p],
-                                                 syms[p])  # fmt: skip
+            x_p, ld_p = apply_token_slots(
+                yp[:, p], self._params(h[:, 0], y.dtype), kinds[p], syms[p],
+                self.scale_bound, inverse=True,
+            )  # fmt: skip
             xs.append(x_p)
             lds.append(ld_p)
             prev = token_features(x_p[:, None], kind[p : p + 1])[:, 0].to(ctx.dtype)
         x = torch.stack(xs, dim=1)
         return x[:, inv], torch.stack(lds, dim=1).sum(-1)
-
-
-    def _invert_coupled(self, h, y_p, kind_p, kinds, syms):
-        """Inverse of one token's slots in order 0, 1, 2 (``slot_coupling``): ([B, 3], [B])."""
-        x_p, ld = y_p.clone(), y_p.new_zeros(y_p.shape[0])
-        for s in range(3):
-            own = token_features(x_p[:, None], kind_p)[:, 0].to(h.dtype)
-            params = self._slot_params(h, own, s, y_p.dtype)
-            xs, l = apply_token_slots(y_p[:, s : s + 1], params[:, None], kinds[s : s + 1],
-                                      syms[s : s + 1], self.scale_bound, inverse=True)  # fmt: skip
-            x_p = torch.cat([x_p[:, :s], xs, x_p[:, s + 1 :]], dim=1)
-            ld = ld + l
-        return x_p, ld
 
 
 class TarFlow(nn.Module):
@@ -247,7 +210,6 @@ class TarFlow(nn.Module):
         scale_bound: float = 1.0,
         atom_embeddings: bool = True,
         mlp_ratio: int = 4,
-        slot_coupling: bool = False,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -260,7 +222,6 @@ class TarFlow(nn.Module):
                 scale_bound=scale_bound,
                 atom_embeddings=atom_embeddings,
                 mlp_ratio=mlp_ratio,
-                slot_coupling=slot_coupling,
             )
             for b in range(n_blocks)
         )

@@ -40,7 +40,6 @@ class FlowConfig:
     mlp_ratio: int = 2
     scale_bound: float = 1.0
     atom_embeddings: bool = True
-    slot_coupling: bool = False  # a token's slots read its earlier slots (bond -> angle -> torsion)
     per_coordinate: bool = True  # a per-coordinate (baseline-style) layer before the blocks
 
 
@@ -95,7 +94,6 @@ def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
             "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
             "n_heads": cfg.n_heads, "mlp_ratio": cfg.mlp_ratio, "scale_bound": cfg.scale_bound,
             "atom_embeddings": cfg.atom_embeddings, "per_coordinate": cfg.per_coordinate,
-            "slot_coupling": cfg.slot_coupling,
         }  # fmt: skip
     return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 
