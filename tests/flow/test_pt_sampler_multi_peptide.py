@@ -1,5 +1,6 @@
 """Multi-peptide transport-flow training (issue 4, transfer): a shared TarFlow core over peptides
-of different sizes, checkpoints that ``load_flow`` / ``pt transfer`` read, and fine-tuning."""
+of different sizes trained under Lightning, checkpoints that ``load_flow`` / ``pt transfer`` read,
+fine-tuning and resume."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import pytest
 import torch
 
 from moltune.common.errors import InvalidInputError
-from moltune.flow.multi_peptide import MultiTrainConfig, load_peptide_sets, train_multi, validate
+from moltune.flow.multi_peptide import (
+    MultiTrainConfig,
+    MultiTransportDataModule,
+    MultiTransportModule,
+    RoundRobinBatches,
+    load_peptide_sets,
+    train_multi,
+)
 from moltune.flow.train import FlowConfig
 from moltune.physics.replica_exchange import PTConfig, simulate
 
@@ -43,13 +51,29 @@ def test_peptides_share_one_core_and_start_as_the_naive_swap(pt_dirs):
     sets = load_peptide_sets(cfg, core)
     assert [s.flow.representation.n_tokens for s in sets] == [23, 24]  # AA, AS atoms
     assert sets[0].flow.core is sets[1].flow.core is core
-    v = validate(sets, 20)
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False)  # fmt: skip
+    dm = MultiTransportDataModule(sets, 16, 20, 0, 12)
+    trainer.validate(MultiTransportModule(sets), datamodule=dm, verbose=False)
+    v = {k: float(x) for k, x in trainer.callback_metrics.items()}
+    assert {k for k in v if k.startswith("val/acceptance_flow_")} == {
+        f"val/acceptance_flow_{n}_{p}" for n in ("AA", "AS") for p in ("300_450", "450_670")}
     # the untrained core is the identity: flow acceptance = naive acceptance, pair by pair
     for key, acc in v.items():
         if key.startswith("val/acceptance_flow_"):
             assert acc == pytest.approx(v[key.replace("flow", "naive")], abs=1e-4)  # TorchEnergy
             # vs the OpenMM energies stored with the frames: ~1e-4 kJ/mol apart
     assert 0.0 < v["val/acceptance_naive"] < 1.0
+    assert v["val/reconstruction_rmsd_nm"] < 1e-6  # every pair's round trip, none NaN
+    # round robin: batch k is peptide k mod 2, its pairs mixed, a function of (seed, k) alone
+    batches = RoundRobinBatches(sets, 16, seed=3, length=12)
+    x0, _, ts0, _, key0 = batches[0]
+    x1, _, _, _, key1 = batches[5]
+    assert (key0, key1) == (0, 1) and x0.shape == (16, 23, 3) and x1.shape == (16, 24, 3)
+    assert set(ts0.tolist()) == {300.0, 450.0} and x0.dtype == torch.float64
+    torch.testing.assert_close(batches[4][0], RoundRobinBatches(sets, 16, 3, 99)[4][0])
 
 
 def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_path):
@@ -60,11 +84,22 @@ def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_pa
     assert s["steps"] == 12 and s["skipped_steps"] == 0
     assert s["best_val_acceptance_flow"] > s["start"]["val/acceptance_flow"] + 0.02
     assert (tmp_path / "run" / "plots" / "acceptance.png").stat().st_size > 0
+    import pandas as pd
+
+    m = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert m.dropna(subset=["val/acceptance_flow"])["step"].tolist() == [0, 6, 12]
+    # round robin over the peptides (AA, AS, AA, ...), every loss finite
+    t = m.dropna(subset=["train/loss"])
+    assert t["step"].tolist() == list(range(1, 13)) and np.isfinite(t["train/loss"]).all()
+    assert t["train/peptide"].tolist() == [0, 1] * 6
     # load_flow rebuilds the first peptide's flow from the best checkpoint
     flow, info = load_flow(tmp_path / "run")
     assert info["path"].endswith("best.ckpt") and info["pairs"] == [[0, 1], [1, 2]]
-    assert info["peptides"] == ["AA", "AS"]
+    assert info["peptides"] == ["AA", "AS"] and info["torsion_origin"] == "zero"
     state = torch.load(info["path"], weights_only=True)
+    assert info["score"] == pytest.approx(s["best_val_acceptance_flow"], abs=1e-6)
+    assert {k.split(".")[0] for k in state["state_dict"]} <= {"flow", "skipped_steps"}
+    assert set(state["peptide_representations"]) == {"AA", "AS"}
     for k, v in flow.core.state_dict().items():
         torch.testing.assert_close(v, state["state_dict"][f"flow.core.{k}"])
     # zero-shot on an unseen peptide through `pt transfer`'s factory: a real, finite table
@@ -77,9 +112,7 @@ def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_pa
     # fine-tuning starts from the trained core (its step-0 acceptance is the trained one)
     ft = train_multi(_cfg(pt_dirs, ["AA"], init=str(tmp_path / "run"), steps=0),
                      tmp_path / "ft", progress=False)  # fmt: skip
-    import pandas as pd
-
-    m = pd.read_csv(tmp_path / "run" / "metrics.csv").dropna(subset=["val/acceptance_flow"])
+    m = m.dropna(subset=["val/acceptance_flow"])
     at_best = m.loc[m["val/acceptance_flow"].idxmax()]
     for pair in ("300_450", "450_670"):  # the same held-out AA frames, the same weights
         key = f"val/acceptance_flow_AA_{pair}"
@@ -143,3 +176,28 @@ def test_zero_torsion_origin_makes_the_standardisation_frame_independent(pt_dirs
     torch.testing.assert_close(ld + ld_back, torch.zeros_like(ld), atol=1e-9, rtol=0)
     with pytest.raises(InvalidInputError, match="torsion_origin"):
         fit_representation(zero[0], cold, "mean")
+
+
+def test_resume_continues_where_the_run_stopped(pt_dirs, tmp_path):
+    import pandas as pd
+
+    cfg = _cfg(pt_dirs, ["AA", "AS"], steps=8, val_every_steps=4)
+    straight = train_multi(cfg, tmp_path / "straight", progress=False)
+    # the wall-clock limit stops the run after its first step(s): validated, checkpointed
+    cut = train_multi(_cfg(pt_dirs, ["AA", "AS"], steps=8, val_every_steps=4, max_minutes=1e-4),
+                      tmp_path / "cut", progress=False)  # fmt: skip
+    assert 0 < cut["steps"] < 8
+    with pytest.raises(InvalidInputError, match="resume"):
+        train_multi(cfg, tmp_path / "cut", progress=False)
+    resumed = train_multi(cfg, tmp_path / "cut", progress=False, resume=True)
+    assert resumed["steps"] == 8 and resumed["resumed"]
+    # same batches, optimiser and schedule state: the same weights as the uninterrupted run
+    a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    for k, v in a.items():
+        torch.testing.assert_close(b[k], v, rtol=1e-5, atol=1e-6)
+    assert resumed["last"]["val/acceptance_flow"] == pytest.approx(
+        straight["last"]["val/acceptance_flow"], abs=1e-5)
+    m = pd.read_csv(tmp_path / "cut" / "metrics.csv")  # the interrupted rows are kept
+    assert m.dropna(subset=["train/loss"])["step"].tolist() == list(range(1, 9))
+    assert m.dropna(subset=["val/acceptance_flow"])["step"].tolist()[0] == 0

@@ -159,7 +159,8 @@ def register_transfer(pt_sub: argparse._SubParsersAction) -> None:
         description="Each peptide keeps its own coordinate representation and energy; the "
         "TarFlow core (atoms enter through their embeddings) is shared, so the run can be "
         "evaluated zero-shot on unseen peptides with `moltune pt transfer --flow RUN`. "
-        "--init starts from a trained run (fine-tuning on another peptide).",
+        "--init starts from a trained run (fine-tuning on another peptide); --resume continues "
+        "an interrupted run from its last checkpoint.",
     )
     m.add_argument("--preset", default="transfer_aa_ak_as",
                    help="preset name or YAML file (default transfer_aa_ak_as)")  # fmt: skip
@@ -174,7 +175,9 @@ def register_transfer(pt_sub: argparse._SubParsersAction) -> None:
     m.add_argument("--val-every-steps", type=int)
     m.add_argument("--seed", type=int)
     m.add_argument("--no-progress", action="store_true")
-    m.add_argument("--out", required=True, help="run folder (new)")
+    m.add_argument("--out", required=True, help="run folder (new unless --resume)")
+    m.add_argument("--resume", action="store_true",
+                   help="continue OUT from its last checkpoint (same preset and flags)")  # fmt: skip
     m.set_defaults(func=_train_transfer)
 
 
@@ -204,11 +207,16 @@ def _train_transfer(args: argparse.Namespace) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, peptides=peptides)
-    s = train_multi(cfg, args.out, progress=not args.no_progress)
+    s = train_multi(cfg, args.out, progress=not args.no_progress, resume=args.resume)
     print(f"{args.out}: {s['steps']} steps in {s['minutes']:.1f} min; validation acceptance "
           f"{s['start']['val/acceptance_flow']:.3f} -> best {s['best_val_acceptance_flow']:.3f} "
           f"(naive {s['start']['val/acceptance_naive']:.3f})")  # fmt: skip
-    return 0
+    try:  # 3 when a red-flag monitor stopped the run
+        from moltune.validation.monitors import exit_code_for
+
+        return exit_code_for(args.out)
+    except ImportError:
+        return 0
 
 
 def _transfer(args: argparse.Namespace) -> int:

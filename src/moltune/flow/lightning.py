@@ -9,6 +9,10 @@ Validation uses fixed, index-aligned pairs from a held-out data set (or a held-o
 optimisation is manual so that steps with non-finite losses or gradients are skipped and
 counted (``train/skipped_steps``), gradients are clipped, and the learning rate warms up.
 Metric names follow the project's contract (``train/loss``, ``val/acceptance_flow``, ...).
+
+Several systems (``moltune.flow.multi_peptide``: peptides sharing one core) use the same module:
+a subclass overrides :meth:`TransportModule.system`, training batches carry a fifth item (the
+system's index) and validation batches an eighth; ``pair_tags`` names each validation pair.
 """
 
 from __future__ import annotations
@@ -167,6 +171,8 @@ class TransportModule(L.LightningModule):
     never enters checkpoints. ``u_ref`` maps temperature (K) -> reference mean energy (kJ/mol).
     """
 
+    pair_tags: dict[int, str] | None = None  # validation pair index -> metric tag (all logged)
+
     def __init__(
         self,
         flow: torch.nn.Module,
@@ -230,25 +236,32 @@ class TransportModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
-    def _u_ref(self, temps: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([self.u_ref[float(t)] for t in temps.tolist()], dtype=torch.float64)
+    def system(self, key: int | None = None):
+        """(flow, energy, u_ref) of the system a batch belongs to (here one: ``key`` is None)."""
+        return self.flow, self.energy, self.u_ref
 
-    def _terms(self, x, y, ts, tt):
+    def _u_ref(self, temps: torch.Tensor, u_ref: dict | None = None) -> torch.Tensor:
+        u_ref = self.u_ref if u_ref is None else u_ref
+        return torch.tensor([u_ref[float(t)] for t in temps.tolist()], dtype=torch.float64)
+
+    def _terms(self, x, y, ts, tt, key: int | None = None):
+        flow, energy, u_ref = self.system(key)
         ts64, tt64 = ts.double(), tt.double()
         return transport_terms(
-            self.flow, self.energy, x, y, ts64, tt64, self._u_ref(ts64), self._u_ref(tt64),
+            flow, energy, x, y, ts64, tt64, self._u_ref(ts64, u_ref), self._u_ref(tt64, u_ref),
             self.cut_kT,
         )  # fmt: skip
 
     def training_step(self, batch, batch_idx):
-        x, y, ts, tt = batch
+        x, y, ts, tt, *key = batch
+        key = int(key[0]) if key else None
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        terms = self._terms(x, y, ts, tt)
+        terms = self._terms(x, y, ts, tt, key)
         loss_f, loss_i = terms.loss_forward.mean(), terms.loss_inverse.mean()
         loss = loss_f + loss_i
         if self.step0 is None:
-            self._record_step0(terms, x, y, ts, tt)
+            self._record_step0(terms, x, y, ts, tt, key)
         opt.zero_grad()
         grad_norm = torch.tensor(float("nan"))
         if torch.isfinite(loss):
@@ -269,13 +282,14 @@ class TransportModule(L.LightningModule):
         self.log("train/lr", torch.tensor(sched.get_last_lr()[0]), **log)
         return loss.detach()
 
-    def _record_step0(self, terms, x, y, ts, tt) -> None:
+    def _record_step0(self, terms, x, y, ts, tt, key: int | None = None) -> None:
         """Step-0 losses beside the identity map's values b_t <U(x)> and b_s <U(y)>."""
+        energy = self.system(key)[1]
         with torch.no_grad():
             b_s = torch.as_tensor(beta(ts.double()))
             b_t = torch.as_tensor(beta(tt.double()))
-            u_x = self.energy(x.double())
-            u_y = self.energy(y.double())
+            u_x = energy(x.double())
+            u_y = energy(y.double())
             self.step0 = {
                 "loss_forward": float(terms.loss_forward.mean()),
                 "loss_inverse": float(terms.loss_inverse.mean()),
@@ -286,21 +300,24 @@ class TransportModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
+        self._round_trip_done: set[int] = set()
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         from moltune.flow.swaps import propose_flow_swap
 
-        x, y, ts, tt, u_x, u_y, q = batch
+        x, y, ts, tt, u_x, u_y, q, *key = batch
         for pair in torch.unique(q).tolist():
             m = q == pair
             t_s, t_t = float(ts[m][0]), float(tt[m][0])
+            flow, energy, _ = self.system(int(key[0][m][0]) if key else None)
             prop = propose_flow_swap(
-                self.flow, self.energy, x[m].double(), y[m].double(), t_s, t_t,
+                flow, energy, x[m].double(), y[m].double(), t_s, t_t,
                 float(beta(t_s)), float(beta(t_t)), u_x[m].numpy(), u_y[m].numpy(),
             )  # fmt: skip
-            if batch_idx == 0:  # round trip T^-1(T(x)) = x: a test of invertibility only
-                xr, _ = self.flow.inverse(prop.y_to_j[:128], t_s, t_t)
+            if pair not in self._round_trip_done:  # T^-1(T(x)) = x: a test of invertibility
+                self._round_trip_done.add(pair)
+                xr, _ = flow.inverse(prop.y_to_j[:128], t_s, t_t)
                 err = (xr - x[m][:128].double()) ** 2
                 rmsd = err.sum(-1).mean(-1).sqrt().cpu().numpy()
             else:
@@ -339,8 +356,8 @@ class TransportModule(L.LightningModule):
             }  # fmt: skip
             for k, v in vals.items():
                 summary[k].append(v)
-            if len(per_pair) > 1:
-                tag = f"{t_s:g}_{t_t:g}"
+            if len(per_pair) > 1 or self.pair_tags:
+                tag = self.pair_tags[pair] if self.pair_tags else f"{t_s:g}_{t_t:g}"
                 self.log(f"val/acceptance_flow_{tag}", float(acc))
                 self.log(f"val/acceptance_naive_{tag}", float(naive))
         names = {

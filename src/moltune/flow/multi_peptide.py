@@ -1,23 +1,34 @@
 """One transport flow for several peptides (issue 4, transfer): a shared TarFlow core.
 
-Why a separate trainer: ``moltune.flow.train`` takes the PT data of one system (one topology, one
+Why not ``moltune.flow.train`` as it is: that takes the PT data of one system (one topology, one
 energy). Here every peptide keeps its own coordinate representation (its atoms' tokens and the
 standardisation fitted on its own frames) and its own energy (Amber14 + OBC2, float64), while the
 TarFlow core -- which sees a peptide only through its atoms' embeddings and the temperature pair
--- is shared. Each step draws a batch of one peptide (round robin over the peptides), mixing its
-configured temperature pairs, and minimises the same two-direction loss as single-peptide
-training (``moltune.flow.losses.transport_terms``). The per-coordinate layer has one parameter
-per coordinate of one molecule, so it cannot be shared: ``per_coordinate`` must be false.
+-- is shared. Training runs under Lightning with the single-peptide module:
+:class:`MultiTransportModule` is ``moltune.flow.lightning.TransportModule`` (same loss
+``moltune.flow.losses.transport_terms``, skipped non-finite steps, clipping, warm-up + cosine
+schedule, validation metrics) picking the peptide's flow, energy and reference energies by the
+batch; :class:`MultiTransportDataModule` serves batch k from peptide ``k mod P`` (round robin),
+mixing its configured temperature pairs, and every peptide's held-out pairs for validation. The
+per-coordinate layer has one parameter per coordinate of one molecule, so it cannot be shared:
+``per_coordinate`` must be false.
 
-Checkpoints (``RUN/checkpoints/last.ckpt`` and ``best.ckpt``, best = highest mean validation
-acceptance over every peptide and pair) use the layout :func:`moltune.flow.checkpoint.load_flow`
-reads: ``state_dict["flow.core.*"]`` (the shared weights), ``flow.representation.*`` of the
-first peptide and ``hyper_parameters["moltune"]`` (flow config, the first peptide's topology, the
-ladder, the pairs); the other peptides' representations are kept under
-``peptide_representations``. So ``moltune pt transfer --flow RUN`` (any peptide; the
-standardisation is refitted on that peptide's frames) and ``moltune pt sample --flow RUN`` (the
-first peptide) take the run as it is. ``init`` starts the core from such a checkpoint
-(fine-tuning on an unseen peptide). No resume: a run is short and restarts from ``init``.
+Run folder (``moltune.common.run.RunDir``): ``metrics.csv`` (step = batches trained; step 0 is
+the initial core), ``checkpoints/best.ckpt`` (highest mean validation acceptance over every
+peptide and pair, step 0 included) and ``last.ckpt`` (both written atomically, right after a
+validation), ``plots/acceptance.png``, ``train_summary.json``, red flags as in
+``moltune.flow.train``. ``resume=True`` (``--resume``) continues from ``last.ckpt``: the batches,
+the optimiser and the schedule carry on as if uninterrupted; ``max_minutes`` counts the whole
+run, as in ``moltune pt train``.
+
+Checkpoints use the layout :func:`moltune.flow.checkpoint.load_flow` reads:
+``state_dict["flow.core.*"]`` (the shared weights), ``flow.representation.*`` of the first
+peptide and ``hyper_parameters["moltune"]`` (flow config, the first peptide's topology, the
+ladder, the pairs, ``torsion_origin``, ``score``: this checkpoint's validation acceptance); the
+peptides' representations are kept under ``peptide_representations``. So ``moltune pt transfer
+--flow RUN`` (any peptide; the standardisation is refitted on that peptide's frames) and
+``moltune pt sample --flow RUN`` (the first peptide) take the run as it is. ``init`` starts the
+core from such a checkpoint (fine-tuning on an unseen peptide).
 
 Torsion origin. ``Representation.fit`` centres every torsion on its circular mean over the
 frames it is given. For 2- and 3-fold rotors (NH3+, CH3, ...) that mean is arbitrary and changes
@@ -32,22 +43,30 @@ value (origin 0), the same convention on every peptide; the checkpoint records i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
+import pandas as pd
 import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moltune.common.errors import InvalidInputError
+from moltune.flow.lightning import TransportModule
 from moltune.flow.train import FlowConfig, load_pt_runs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MultiTrainConfig", "PeptideSet", "load_peptide_sets", "train_multi"]
+__all__ = [
+    "MultiTrainConfig", "MultiTransportDataModule", "MultiTransportModule", "PeptideSet",
+    "load_peptide_sets", "train_multi",
+]  # fmt: skip
 
 
 @dataclass
@@ -79,6 +98,7 @@ class MultiTrainConfig:
     solvent: str = "obc2"
     init: str | None = None  # checkpoint / run whose shared core starts this run
     torsion_origin: str = "zero"  # "zero" (physical torsions) or "fitted" (circular means)
+    monitors: dict = field(default_factory=dict)  # moltune.validation.monitors.MonitorConfig
 
 
 @dataclass
@@ -159,107 +179,172 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
     return sets
 
 
-def _batch(ps: PeptideSet, size: int, rng: np.random.Generator):
-    """``size`` random (x, y) of random pairs of one peptide, with per-sample temperatures."""
-    q = rng.integers(len(ps.train_sets), size=size)
-    xs, ys, ts, tt = [], [], [], []
-    for k in range(len(ps.train_sets)):
-        m = int((q == k).sum())
-        if m == 0:
-            continue
-        p = ps.train_sets[k]
-        xs.append(p.x[rng.integers(len(p.x), size=m)])
-        ys.append(p.y[rng.integers(len(p.y), size=m)])
-        ts += [p.t_source_K] * m
-        tt += [p.t_target_K] * m
-    f64 = torch.float64
-    return (torch.cat(xs).double(), torch.cat(ys).double(), torch.tensor(ts, dtype=f64),
-            torch.tensor(tt, dtype=f64))  # fmt: skip
+class RoundRobinBatches(Dataset):
+    """Batch k: ``batch_size`` random (x, y) of peptide ``k mod P``, its pairs mixed at random.
+
+    Each batch is a function of (seed, k) alone, so a resumed run draws the batches the
+    interrupted one would have drawn. Items are ``(x, y, t_source_K, t_target_K, peptide)``
+    (float64 nm, per-sample temperatures, the peptide's index).
+    """
+
+    def __init__(self, sets: list[PeptideSet], batch_size: int, seed: int, length: int):
+        self.sets, self.batch_size, self.seed, self.length = sets, batch_size, seed, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int):
+        key = k % len(self.sets)
+        pairs = self.sets[key].train_sets
+        rng = np.random.default_rng([self.seed, k])
+        q = rng.integers(len(pairs), size=self.batch_size)
+        xs, ys, ts, tt = [], [], [], []
+        for j, p in enumerate(pairs):
+            m = int((q == j).sum())
+            if m:
+                xs.append(p.x[rng.integers(len(p.x), size=m)])
+                ys.append(p.y[rng.integers(len(p.y), size=m)])
+                ts += [p.t_source_K] * m
+                tt += [p.t_target_K] * m
+        f64 = torch.float64
+        return (torch.cat(xs).double(), torch.cat(ys).double(), torch.tensor(ts, dtype=f64),
+                torch.tensor(tt, dtype=f64), key)  # fmt: skip
 
 
-@torch.no_grad()
-def validate(sets: list[PeptideSet], n_pairs: int, chunk: int = 256) -> dict[str, float]:
-    """Held-out swap acceptance (flow and naive) per peptide and pair, and their means."""
-    from moltune.flow.swaps import acceptance_probability, log_acceptance_naive, propose_flow_swap
-    from moltune.physics.units import beta
+class _FromBatch(Sampler):
+    """Batch indices ``start(), start() + 1, ...`` (``length`` reported: the run's batches)."""
 
-    out: dict[str, float] = {}
-    acc_all, nai_all, nf_all = [], [], []
-    for ps in sets:
-        for p in ps.val_sets:
-            n = min(n_pairs, len(p.x), len(p.y))
-            ix = np.linspace(0, len(p.x) - 1, n).astype(int)
-            iy = np.linspace(0, len(p.y) - 1, n).astype(int)
-            b_s, b_t = float(beta(p.t_source_K)), float(beta(p.t_target_K))
-            la, bad = [], []
-            for a in range(0, n, chunk):
-                sx, sy = ix[a : a + chunk], iy[a : a + chunk]
-                prop = propose_flow_swap(
-                    ps.flow, ps.energy, p.x[sx].double(), p.y[sy].double(), p.t_source_K,
-                    p.t_target_K, b_s, b_t, p.u_x[sx], p.u_y[sy],
-                )  # fmt: skip
-                la.append(prop.log_alpha)
-                bad.append(prop.nonfinite)
-            acc = float(acceptance_probability(np.concatenate(la)).mean())
-            naive = float(acceptance_probability(
-                log_acceptance_naive(p.u_x[ix], p.u_y[iy], b_s, b_t)).mean())  # fmt: skip
-            nf = float(np.concatenate(bad).mean())
-            tag = f"{ps.name}_{p.t_source_K:g}_{p.t_target_K:g}"
-            out[f"val/acceptance_flow_{tag}"] = acc
-            out[f"val/acceptance_naive_{tag}"] = naive
-            acc_all.append(acc)
-            nai_all.append(naive)
-            nf_all.append(nf)
-    out["val/acceptance_flow"] = float(np.mean(acc_all))
-    out["val/acceptance_naive"] = float(np.mean(nai_all))
-    out["val/nonfinite_fraction"] = float(np.mean(nf_all))
-    return out
+    def __init__(self, start, length: int):
+        self.start, self.length = start, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        return itertools.count(self.start())
 
 
-def _checkpoint(path: Path, core, sets: list[PeptideSet], cfg: MultiTrainConfig, step: int,
-                best: Path | None, score: float | None) -> None:  # fmt: skip
-    from moltune.common.io import torch_save
-    from moltune.flow.checkpoint import FORMAT, _pdb_text
+class MultiValPairs(Dataset):
+    """Every peptide's fixed validation pairs (``moltune.flow.lightning.ValPairs``), numbered
+    across peptides; items end with (pair number, peptide index)."""
 
-    first = sets[0]
-    sd = {f"flow.core.{k}": v.detach().clone() for k, v in core.state_dict().items()}
-    sd.update({f"flow.representation.{k}": v.clone()
-               for k, v in first.flow.representation.state_dict().items()})  # fmt: skip
-    pairs = [[int(a) for a in p] for p in (cfg.pairs or [[i, i + 1] for i in
-             range(len(first.data.temperatures_K) - 1)])]  # fmt: skip
-    meta = {
-        "format": FORMAT,
-        "flow": cfg.flow.name,
-        "name": f"{cfg.flow.name}/{cfg.flow.representation} ({'+'.join(s.name for s in sets)})",
-        "flow_config": dataclasses.asdict(cfg.flow),
-        "config": dataclasses.asdict(cfg),
-        "topology_pdb": _pdb_text(first.data.topology, first.data.xyz_nm[0][0]),
-        "temperatures_K": [float(t) for t in first.data.temperatures_K],
-        "pairs": pairs,
-        "pair": pairs[0],
-        "train_data": str({s.name: cfg.peptides[s.name] for s in sets}),
-        "test_data": None,
-        "solvent": cfg.solvent,
-        "peptides": [s.name for s in sets],
-        "torsion_origin": cfg.torsion_origin,
-        "score": score,
-    }
-    state = {
-        "state_dict": sd,
-        "hyper_parameters": {"moltune": meta},
-        "global_step": int(step),
-        "epoch": 0,
-        "peptide_representations": {
-            s.name: {k: v.clone() for k, v in s.flow.representation.state_dict().items()}
-            for s in sets
-        },
-        "callbacks": {"ModelCheckpoint{multi_peptide}": {
-            "best_model_path": str(best) if best else ""}},
-    }  # fmt: skip
-    torch_save(path, state)
+    def __init__(self, sets: list[PeptideSet], n_per_pair: int, chunk: int):
+        from moltune.flow.lightning import ValPairs
+
+        self.parts = [ValPairs(ps.val_sets, n_per_pair) for ps in sets]
+        self.pair0 = np.cumsum([0] + [len(ps.val_sets) for ps in sets])
+        self.item0 = np.cumsum([0] + [len(v) for v in self.parts])
+        # batches never mix peptides (atoms differ in number)
+        self.batches = [list(range(a, min(a + chunk, b)))
+                        for a0, b in zip(self.item0[:-1], self.item0[1:])
+                        for a in range(int(a0), int(b), chunk)]  # fmt: skip
+
+    def __len__(self) -> int:
+        return int(self.item0[-1])
+
+    def __getitem__(self, k: int):
+        key = int(np.searchsorted(self.item0, k, side="right") - 1)
+        *item, q = self.parts[key][k - self.item0[key]]
+        return (*item, int(self.pair0[key] + q), key)
 
 
-def _init_core(spec: str, cfg: MultiTrainConfig) -> tuple[dict, dict, str]:
+class MultiTransportDataModule(L.LightningDataModule):
+    """Round-robin training batches (:class:`RoundRobinBatches`, one epoch = the whole run of
+    ``steps`` batches, resumed where the checkpoint stopped) and every peptide's validation
+    pairs."""
+
+    def __init__(self, sets: list[PeptideSet], batch_size: int, val_pairs: int, seed: int,
+                 steps: int):  # fmt: skip
+        super().__init__()
+        self.sets, self.batch_size, self.val_pairs = sets, batch_size, val_pairs
+        self.seed, self.steps = seed, steps
+
+    def _batches_done(self) -> int:
+        """Training batches drawn so far: optimiser steps plus skipped (non-finite) steps."""
+        trainer = self.trainer
+        if trainer is None or trainer.lightning_module is None:
+            return 0
+        return int(trainer.global_step) + int(trainer.lightning_module.skipped_steps)
+
+    def train_dataloader(self):
+        ds = RoundRobinBatches(self.sets, self.batch_size, self.seed, max(1, self.steps))
+        return DataLoader(ds, batch_size=None, sampler=_FromBatch(self._batches_done, len(ds)),
+                          num_workers=0)  # fmt: skip
+
+    def val_dataloader(self):
+        ds = MultiValPairs(self.sets, self.val_pairs, max(self.batch_size, 256))
+        return DataLoader(ds, batch_sampler=ds.batches, num_workers=0)
+
+
+class MultiTransportModule(TransportModule):
+    """:class:`~moltune.flow.lightning.TransportModule` over several peptides sharing one core.
+
+    ``self.flow`` is the first peptide's flow, so the state dict holds ``flow.core.*`` and that
+    peptide's ``flow.representation.*``; the other peptides' flows (same core) are plain
+    attributes, their representations saved as ``peptide_representations``. A batch's last
+    item (its peptide) picks the flow, the energy and the reference energies.
+    """
+
+    def __init__(self, sets: list[PeptideSet], **kwargs):
+        super().__init__(sets[0].flow, sets[0].energy, sets[0].u_ref, **kwargs)
+        self.peptides = list(sets)  # a list: no submodules, so no extra state-dict keys
+        self.pair_tags = {}
+        for ps in sets:
+            for p in ps.val_sets:
+                self.pair_tags[len(self.pair_tags)] = f"{ps.name}_{p.t_source_K:g}_{p.t_target_K:g}"
+
+    def system(self, key: int | None = None):
+        ps = self.peptides[key or 0]
+        return ps.flow, ps.energy, ps.u_ref
+
+    def _log_step(self, **kw) -> None:
+        """``metrics.csv``'s step: batches trained so far (optimiser steps + skipped steps)."""
+        self.log("step", float(self.global_step + int(self.skipped_steps)), **kw)
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        kw = {"on_step": True, "on_epoch": False, "batch_size": batch[0].shape[0]}
+        self.log("train/peptide", float(batch[-1]), **kw)  # index into the config's peptides
+        self._log_step(**kw)
+        return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_step()
+        super().on_validation_epoch_end()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["peptide_representations"] = {
+            ps.name: {k: v.detach().clone() for k, v in ps.flow.representation.state_dict().items()}
+            for ps in self.peptides
+        }  # fmt: skip
+        score = self.trainer.callback_metrics.get("val/acceptance_flow") if self._trainer else None
+        hp = checkpoint.get("hyper_parameters") or {}
+        if "moltune" in hp:  # this checkpoint's own validation acceptance
+            checkpoint["hyper_parameters"] = {
+                **hp, "moltune": {**hp["moltune"], "score": None if score is None else float(score)}
+            }  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("peptide_representations") or {}
+        for ps in self.peptides:
+            if ps.name in saved:
+                ps.flow.representation.load_state_dict(saved[ps.name])
+
+
+class _StopAtLastStep(Callback):
+    """Stop (and so validate and checkpoint) after the last step even between validations."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+def _init_core(spec: str) -> tuple[dict, dict, str]:
     """(core weights, flow_config, torsion origin) of a transport-flow checkpoint or run."""
     from moltune.flow.checkpoint import resolve_checkpoint
 
@@ -274,22 +359,82 @@ def _init_core(spec: str, cfg: MultiTrainConfig) -> tuple[dict, dict, str]:
     return core, meta["flow_config"], meta.get("torsion_origin", "fitted")
 
 
-def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Train the shared core on every configured peptide into run folder ``out``; returns the
-    summary (also ``train_summary.json``), with ``metrics.csv`` and ``plots/acceptance.png``."""
-    import pandas as pd
-    from tqdm.auto import tqdm
+def _metadata(cfg: MultiTrainConfig, sets: list[PeptideSet]) -> dict:
+    """``hyper_parameters["moltune"]``: what ``load_flow`` needs, of the first peptide."""
+    from moltune.flow.checkpoint import FORMAT, _pdb_text
+
+    first = sets[0]
+    pairs = [[int(a) for a in p] for p in (cfg.pairs or [[i, i + 1] for i in
+             range(len(first.data.temperatures_K) - 1)])]  # fmt: skip
+    return {
+        "format": FORMAT,
+        "flow": cfg.flow.name,
+        "name": f"{cfg.flow.name}/{cfg.flow.representation} ({'+'.join(s.name for s in sets)})",
+        "flow_config": dataclasses.asdict(cfg.flow),
+        "config": dataclasses.asdict(cfg),
+        "topology_pdb": _pdb_text(first.data.topology, first.data.xyz_nm[0][0]),
+        "temperatures_K": [float(t) for t in first.data.temperatures_K],
+        "pairs": pairs,
+        "pair": pairs[0],
+        "train_data": str({s.name: cfg.peptides[s.name] for s in sets}),
+        "test_data": None,
+        "solvent": cfg.solvent,
+        "peptides": [s.name for s in sets],
+        "torsion_origin": cfg.torsion_origin,
+    }
+
+
+def _callbacks(cfg: MultiTrainConfig, run) -> list:
+    """Red-flag monitors (as ``moltune.flow.train``) and best/last checkpoints."""
+    try:
+        from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
+    except ImportError:  # the validation area is optional: plain checkpoints, no red flags
+        from lightning.pytorch.callbacks import ModelCheckpoint as GuardedModelCheckpoint
+
+        default_monitors = None
+    callbacks: list = default_monitors(cfg.monitors or None, run.path) if default_monitors else []
+    callbacks.append(GuardedModelCheckpoint(
+        dirpath=run.checkpoints, filename="best", monitor="val/acceptance_flow", mode="max",
+        save_top_k=1, save_last=True, save_on_train_epoch_end=False,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    ))  # fmt: skip
+    return callbacks + [_StopAtLastStep(cfg.steps)]
+
+
+def _save_start(trainer, ckpt_cb, score: float) -> None:
+    """Step-0 best.ckpt and last.ckpt (the initial core may stay the best: fine-tuning), made
+    known to the checkpoint callback so that training replaces best only when it beats them."""
+    best = ckpt_cb.format_checkpoint_name({})
+    trainer.save_checkpoint(best, weights_only=False)
+    value = torch.tensor(score)
+    ckpt_cb.best_k_models = {best: value}
+    ckpt_cb.kth_best_model_path, ckpt_cb.kth_value = best, value
+    ckpt_cb.best_model_path, ckpt_cb.best_model_score = best, value
+    ckpt_cb.last_model_path = ckpt_cb.format_checkpoint_name({}, filename="last")
+    trainer.save_checkpoint(ckpt_cb.last_model_path, weights_only=False)
+
+
+def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
+                resume: bool = False) -> dict:  # fmt: skip
+    """Train the shared core on every configured peptide into run folder ``out`` (Lightning);
+    returns the summary (also ``train_summary.json``), with ``metrics.csv`` and
+    ``plots/acceptance.png``. ``resume=True`` continues from ``RUN/checkpoints/last.ckpt``."""
+    import warnings
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
     from moltune.common.config import from_dict
-    from moltune.common.io import atomic_path, write_json
-    from moltune.common.run import RunDir
-    from moltune.flow.losses import transport_terms
+    from moltune.common.errors import InputFileError
+    from moltune.common.io import write_json
+    from moltune.common.run import RunDir, package_versions
+    from moltune.flow.checkpoint import AtomicCheckpointIO
     from moltune.flow.models import count_parameters
-    from moltune.flow.train import build_flow
+    from moltune.flow.train import _merge_metrics, _read_metrics, build_flow
 
     init_weights = None
     if cfg.init:
-        init_weights, flow_cfg, origin = _init_core(cfg.init, cfg)
+        init_weights, flow_cfg, origin = _init_core(cfg.init)
         cfg = dataclasses.replace(cfg, flow=from_dict(FlowConfig, flow_cfg, "flow"),
                                   torsion_origin=origin)  # the convention the core learned
     if cfg.flow.name != "tarflow" or cfg.flow.per_coordinate:
@@ -297,105 +442,86 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True) -
                                 "per_coordinate: false (that layer is peptide-specific)")  # fmt: skip
     torch.set_num_threads(max(1, int(cfg.threads)))
     torch.set_flush_denormal(True)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     run = RunDir(Path(out))
-    if (run.checkpoints / "last.ckpt").exists():
-        raise InvalidInputError(f"{run.path} already holds a run; choose a new --out")
+    last = run.checkpoints / "last.ckpt"
+    if resume and not last.exists():
+        raise InputFileError(f"cannot resume: {last} does not exist")
+    if not resume and last.exists():
+        raise InvalidInputError(f"{run.path} already holds a run; pass --resume or a new --out")
     run.write_config(cfg)
+    L.seed_everything(cfg.seed, verbose=False)
 
-    first_dir = next(iter(cfg.peptides.values()))
+    first_dir = next(iter(cfg.peptides.values()), None)
     first_dir = first_dir["train_dir"] if isinstance(first_dir, dict) else first_dir
+    if first_dir is None:
+        raise InvalidInputError("no peptides configured (peptides: {NAME: {train_dir: DIR}})")
     core = build_flow(cfg.flow, load_pt_runs(first_dir, "training data").topology).core
     if init_weights is not None:
         core.load_state_dict(init_weights)
     sets = load_peptide_sets(cfg, core)
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def factor(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    rows: list[dict] = []
-    best_score, best_path = -math.inf, run.checkpoints / "best.ckpt"
-
-    def do_validate(step: int) -> None:
-        nonlocal best_score
-        core.eval()
-        v = validate(sets, cfg.val_pairs)
-        core.train()
-        rows.append({"epoch": 0, "step": step, **v})
-        log.info("step %d: val acceptance flow %.3f (naive %.3f)", step,
-                 v["val/acceptance_flow"], v["val/acceptance_naive"])  # fmt: skip
-        if v["val/acceptance_flow"] > best_score:
-            best_score = v["val/acceptance_flow"]
-            _checkpoint(best_path, core, sets, cfg, step, best_path, best_score)
-        _checkpoint(run.checkpoints / "last.ckpt", core, sets, cfg, step, best_path, best_score)
-        with atomic_path(run.metrics) as tmp:
-            pd.DataFrame(rows).to_csv(tmp, index=False)
-
+    dm = MultiTransportDataModule(sets, cfg.batch_size, cfg.val_pairs, cfg.seed, cfg.steps)
+    module = MultiTransportModule(
+        sets, lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+        total_steps=cfg.steps, grad_clip=cfg.grad_clip, cut_kT=cfg.energy_cut_kT,
+        min_lr_fraction=cfg.min_lr_fraction, hparams={"moltune": _metadata(cfg, sets)},
+    )  # fmt: skip
+    previous = _read_metrics(run.metrics) if resume else None  # CSVLogger truncates the file
+    logger = CSVLogger(save_dir=str(run.path), name="", version="",
+                       flush_logs_every_n_steps=max(1, cfg.val_every_steps))  # fmt: skip
+    callbacks = _callbacks(cfg, run)
+    ckpt_cb = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+        max_epochs=-1, max_steps=cfg.steps,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        val_check_interval=cfg.val_every_steps, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
+    )  # fmt: skip
     t0 = time.time()
-    do_validate(0)
-    start = dict(rows[-1])
-    skipped, step = 0, 0
-    bar = tqdm(total=cfg.steps, desc="multi-peptide flow", disable=not progress, mininterval=2.0)
-    core.train()
-    while step < cfg.steps:
-        if cfg.max_minutes and time.time() - t0 > 60.0 * cfg.max_minutes:
-            break
-        ps = sets[step % len(sets)]
-        x, y, ts, tt = _batch(ps, cfg.batch_size, rng)
-        u_s = torch.tensor([ps.u_ref[float(t)] for t in ts.tolist()], dtype=torch.float64)
-        u_t = torch.tensor([ps.u_ref[float(t)] for t in tt.tolist()], dtype=torch.float64)
-        terms = transport_terms(ps.flow, ps.energy, x, y, ts, tt, u_s, u_t, cfg.energy_cut_kT)
-        loss_f, loss_i = terms.loss_forward.mean(), terms.loss_inverse.mean()
-        loss = loss_f + loss_i
-        opt.zero_grad()
-        grad_norm = torch.tensor(float("nan"))
-        if torch.isfinite(loss):
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(core.parameters(), cfg.grad_clip)
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
-            opt.step()
-        else:
-            opt.zero_grad()
-            skipped += 1
-        sched.step()
-        step += 1
-        bar.update(1)
-        rows.append({"epoch": 0, "step": step, "train/loss": float(loss.detach()),
-                     "train/loss_forward": float(loss_f.detach()),
-                     "train/loss_inverse": float(loss_i.detach()),
-                     "train/grad_norm": float(grad_norm), "train/skipped_steps": skipped,
-                     "train/lr": sched.get_last_lr()[0], "train/peptide": ps.name})  # fmt: skip
-        if step % cfg.val_every_steps == 0:
-            do_validate(step)
-    bar.close()
-    if not rows or rows[-1].get("val/acceptance_flow") is None:
-        do_validate(step)
+    with warnings.catch_warnings():
+        # (the round-robin sampler resumes at the checkpoint's batch; the step-0 checkpoints
+        # are in the checkpoint folder by design)
+        warnings.filterwarnings("ignore", ".*(does not have many workers|exists and is not empty"
+                                "|dataloader is not resumable)")  # fmt: skip
+        if not resume:  # step 0: the initial core (identity, or the --init run's) validated
+            trainer.validate(module, datamodule=dm, verbose=False)
+            score = float(trainer.callback_metrics["val/acceptance_flow"])
+            _save_start(trainer, ckpt_cb, score)
+        if cfg.steps > 0:
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None,
+                        weights_only=True)  # fmt: skip
     minutes = (time.time() - t0) / 60.0
-    last = {k: v for k, v in rows[-1].items() if k.startswith("val/")}
+    logger.save()
+    if previous is not None:
+        _merge_metrics(run.metrics, previous)
+    (run.path / "hparams.yaml").unlink(missing_ok=True)
+    rows = pd.read_csv(run.metrics).dropna(subset=["val/acceptance_flow"])
+    val = lambda r: {k: float(v) for k, v in r.items() if k.startswith("val/") and pd.notna(v)}
     summary = {
-        "steps": step, "minutes": minutes, "skipped_steps": skipped,
-        "n_parameters": count_parameters(core), "peptides": [s.name for s in sets],
-        "init": cfg.init, "best_val_acceptance_flow": best_score, "start": start, "last": last,
-        "best_checkpoint": str(best_path),
+        "steps": int(trainer.global_step), "minutes": minutes,
+        "skipped_steps": int(module.skipped_steps), "n_parameters": count_parameters(core),
+        "peptides": [s.name for s in sets], "init": cfg.init, "resumed": resume,
+        "best_val_acceptance_flow": float(ckpt_cb.best_model_score),
+        "start": val(rows.iloc[0]), "last": val(rows.iloc[-1]),
+        "best_checkpoint": str(ckpt_cb.best_model_path), "versions": package_versions(),
     }  # fmt: skip
     write_json(run.path / "train_summary.json", summary)
     plot_multi(run.path)
+    log.info("step %d: validation acceptance %.3f -> best %.3f (naive %.3f)", summary["steps"],
+             summary["start"]["val/acceptance_flow"], summary["best_val_acceptance_flow"],
+             summary["start"]["val/acceptance_naive"])  # fmt: skip
     return summary
 
 
 def plot_multi(run_path: str | Path) -> Path | None:
-    """Validation acceptance (flow solid, naive dashed) per peptide and pair against step (PNG)."""
+    """Validation acceptance (flow solid, naive dashed) per peptide and pair against step, and
+    each peptide's training loss (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pandas as pd
+    import yaml
 
     from moltune.common.io import atomic_path
 
@@ -405,7 +531,7 @@ def plot_multi(run_path: str | Path) -> Path | None:
     df = pd.read_csv(run_path / "metrics.csv")
     cols = [c for c in df.columns if c.startswith("val/acceptance_flow_")]
     fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
-    for n, c in enumerate(cols):
+    for c in cols:
         d = df[["step", c]].dropna()
         line = a0.plot(d["step"], d[c], "o-", ms=3, label=c.removeprefix("val/acceptance_flow_"))
         naive = c.replace("flow", "naive")
@@ -416,11 +542,19 @@ def plot_multi(run_path: str | Path) -> Path | None:
     a0.set_ylabel("validation swap acceptance (dashed: naive)")
     a0.set_ylim(0, 1)
     a0.legend(fontsize=6, ncol=2)
-    if "train/loss" in df:
-        d = df[["step", "train/loss"]].dropna()
-        a1.plot(d["step"], d["train/loss"].rolling(20, min_periods=1).mean())
-        a1.set_xlabel("step")
-        a1.set_ylabel("train loss (kT, rolling mean of 20)")
+    if {"train/loss", "train/peptide"} <= set(df.columns):
+        names = list(yaml.safe_load((run_path / "config.yaml").read_text())["peptides"])
+        d = df[["step", "train/loss", "train/peptide"]].dropna()
+        for k, g in d.groupby("train/peptide"):
+            label = names[int(k)] if int(k) < len(names) else f"peptide {int(k)}"
+            a1.plot(g["step"], g["train/loss"].rolling(10, min_periods=1).mean(), label=label)
+    if "val/loss" in df:  # fixed held-out pairs: the curve to read (batches mix pairs)
+        d = df[["step", "val/loss"]].dropna()
+        a1.plot(d["step"], d["val/loss"], "ko-", ms=3, label="validation (mean)")
+    a1.set_xlabel("step")
+    a1.set_ylabel("loss (kT; training: rolling mean of 10 batches)")
+    if a1.lines:
+        a1.legend(fontsize=7)
     fig.tight_layout()
     path = run_path / "plots" / "acceptance.png"
     path.parent.mkdir(exist_ok=True)
