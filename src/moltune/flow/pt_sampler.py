@@ -20,9 +20,9 @@ invariant for exact dynamics, but OpenMM's ``LangevinMiddleIntegrator`` stores v
 correlated with positions, and at 1 fs (no constraints) the stiff bonds and angles notice:
 measured on AA, "redraw" leaves bond + angle energy about 1 kT above plain PT at every
 temperature (gone at 0.5 fs) and "keep" is far worse (+8.5 kJ/mol at 300 K, +45 at 1000 K).
-"harmonic" is exact for harmonic modes, which is what the stiff ones are.
-Pairs the flow does not serve use the plain swap (velocities
-rescaled). Optional skip pairs (i, j) with j > i + 1 are tried every ``skip_every`` events after
+"harmonic" is exact for harmonic modes, which the stiff ones nearly are: with it, 1 fs flow-PT's
+bond energies match plain PT's at every temperature (``benchmarks/pt_energy_terms.py``). Pairs
+the flow does not serve use the plain swap (velocities rescaled). Optional skip pairs (i, j) with j > i + 1 are tried every ``skip_every`` events after
 the neighbour pairs. One uniform number per tried pair comes from the run's swap RNG, so a run is
 reproducible and resumes exactly; with no flow the run *is* ``replica_exchange.simulate``.
 
