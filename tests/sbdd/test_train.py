@@ -271,3 +271,17 @@ def test_data_ligand_at_pocket_com_moves_train_and_val_ligands(tiny, tmp_path):
                               - np.asarray(d["pocket_coords"], float).mean(0))
                for d in off[0] + off[1]]
     assert max(offsets) > 0.5
+
+
+def test_film_standin_preset_matches_how_the_standin_was_trained():
+    """The stand-in fine-tuning preset must centre ligands on the pocket (as sbdd_standin
+    trains) and evaluate at the checkpoint's full 500 steps (the stand-in fails at fewer)."""
+    from moltune.common.config import load_config
+    from moltune.sbdd.standin import StandinConfig
+    from moltune.sbdd.train import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, "sbdd_film_standin")
+    standin = load_config(StandinConfig, "sbdd_standin_multi")
+    assert cfg.data.ligand_at_pocket_com == standin.ligand_at_pocket_com is True
+    assert cfg.eval.timesteps == standin.eval_timesteps == 500
+    assert cfg.mode == "adapter" and cfg.film.init == "identity"
