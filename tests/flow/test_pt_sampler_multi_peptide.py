@@ -189,6 +189,8 @@ def test_resume_continues_where_the_run_stopped(pt_dirs, tmp_path):
     assert 0 < cut["steps"] < 8
     with pytest.raises(InvalidInputError, match="resume"):
         train_multi(cfg, tmp_path / "cut", progress=False)
+    with pytest.raises(InvalidInputError, match="it trains"):
+        train_multi(_cfg(pt_dirs, ["AS", "AA"]), tmp_path / "cut", progress=False, resume=True)
     resumed = train_multi(cfg, tmp_path / "cut", progress=False, resume=True)
     assert resumed["steps"] == 8 and resumed["resumed"]
     # same batches, optimiser and schedule state: the same weights as the uninterrupted run

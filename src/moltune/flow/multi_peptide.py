@@ -448,6 +448,11 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
         raise InputFileError(f"cannot resume: {last} does not exist")
     if not resume and last.exists():
         raise InvalidInputError(f"{run.path} already holds a run; pass --resume or a new --out")
+    if resume:
+        meta = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
+        if meta["moltune"].get("peptides") != list(cfg.peptides):
+            raise InvalidInputError(f"cannot resume {run.path} with peptides {list(cfg.peptides)}:"
+                                    f" it trains {meta['moltune'].get('peptides')}")  # fmt: skip
     run.write_config(cfg)
     L.seed_everything(cfg.seed, verbose=False)
 
