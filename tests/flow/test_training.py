@@ -78,6 +78,15 @@ def test_short_training_run_beats_identity(pt_dir, tmp_path):
     assert np.isfinite(total(trained))
     assert total(trained) < total(ident) - 0.5  # at least half a kT better in total
 
+    # a checkpoint with flow settings this version does not know: a clear CheckpointError
+    from moltune.common.errors import CheckpointError
+
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    state["hyper_parameters"]["moltune"]["flow_config"]["warp_drive"] = True
+    torch.save(state, tmp_path / "future.ckpt")
+    with pytest.raises(CheckpointError, match="warp_drive"):
+        load_flow(tmp_path / "future.ckpt")
+
     # resume continues from last.ckpt
     cfg2 = _cfg(pt_dir, steps=30)
     train(cfg2, run, resume=True)

@@ -92,7 +92,11 @@ def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Mod
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt} is not a moltune transport-flow checkpoint")
     topology = app.PDBFile(io.StringIO(meta["topology_pdb"])).topology
-    flow = build_flow(from_dict(FlowConfig, meta["flow_config"], "flow"), topology)
+    try:
+        cfg = from_dict(FlowConfig, meta["flow_config"], "flow")
+    except KeyError as exc:  # written by another moltune version
+        raise CheckpointError(f"{ckpt}: flow settings this version does not know ({exc})") from exc
+    flow = build_flow(cfg, topology)
     weights = {
         k[len("flow.") :]: v for k, v in state["state_dict"].items() if k.startswith("flow.")
     }
