@@ -117,15 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--flow-runs", nargs="*", default=[],
                     help="further `moltune pt sample --flow` runs (other seeds) of the same flow "
                     "and ladder, pooled with the comparison's flow_pt")  # fmt: skip
+    ap.add_argument("--without-compare-flow", action="store_true",
+                    help="pool only the --flow-runs (e.g. runs of another flow or velocity mode "
+                    "than the comparison's flow_pt)")  # fmt: skip
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
     comp = json.loads((Path(args.compare) / "compare.json").read_text())
     variants = comp["variants"]
     if args.flow_runs:
-        variants["flow_pt (pooled seeds)"] = pool_flow_runs(
-            [variants["flow_pt"]] + [sampler_statistics(d) for d in args.flow_runs]
-        )
+        runs = [sampler_statistics(d) for d in args.flow_runs]
+        if not args.without_compare_flow:
+            runs.insert(0, variants["flow_pt"])
+        variants["flow_pt (pooled seeds)"] = pool_flow_runs(runs)
     plain_cpu_s_per_ns = variants["plain_pt"]["cpu_s_per_ns"]
     dt_ps = float(variants["plain_pt"]["save_interval_ps"])
     plain = combine_plain([b for d in args.plain for b in plain_blocks(d, args.block_ns, dt_ps)])
