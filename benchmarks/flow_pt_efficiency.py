@@ -81,21 +81,26 @@ def combine_plain(runs: list[dict[str, dict]]) -> dict[str, dict]:
     return out
 
 
-def pool_flow_runs(stats: list[dict]) -> dict:
+def pool_flow_runs(stats: list[dict], cpu_s_per_ns: float | None = None) -> dict:
     """ESS per CPU hour of several independent flow-PT runs: total ESS over total CPU time.
 
+    ``cpu_s_per_ns`` charges every run that cost instead of its own CPU time (runs made while
+    the machine was loaded differently are then compared at one measured price).
     The error is the spread of the per-run rates (standard error) when there are 3+ runs, else
     the per-run Sokal errors added in quadrature; the mean is the ESS-weighted mean.
     """
     obs = {}
     for name in OBSERVABLES:
         runs = [s["observables_T0"][name] for s in stats]
-        cpu_h = [s["cpu_s"] / 3600.0 for s in stats]
+        cpu_h = [
+            (s["cpu_s"] if cpu_s_per_ns is None else cpu_s_per_ns * s["production_ps"] / 1000.0)
+            / 3600.0
+            for s in stats
+        ]
         rate = sum(r["ess"] for r in runs) / sum(cpu_h)
         if len(runs) >= 3:
-            err = float(
-                np.std([r["ess_per_cpu_hour"] for r in runs], ddof=1) / math.sqrt(len(runs))
-            )
+            per_run = [r["ess"] / h for r, h in zip(runs, cpu_h)]
+            err = float(np.std(per_run, ddof=1) / math.sqrt(len(runs)))
         else:
             err = math.sqrt(sum(r["ess_error"] ** 2 for r in runs)) / sum(cpu_h)
         w = np.array([r["ess"] for r in runs])
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--without-compare-flow", action="store_true",
                     help="pool only the --flow-runs (e.g. runs of another flow or velocity mode "
                     "than the comparison's flow_pt)")  # fmt: skip
+    ap.add_argument("--cpu-from-compare", action="store_true",
+                    help="charge every pooled flow-PT run the comparison's flow_pt CPU per ns "
+                    "(measured beside plain PT) instead of its own CPU time")  # fmt: skip
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -129,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [sampler_statistics(d) for d in args.flow_runs]
         if not args.without_compare_flow:
             runs.insert(0, variants["flow_pt"])
-        variants["flow_pt (pooled seeds)"] = pool_flow_runs(runs)
+        price = variants["flow_pt"]["cpu_s_per_ns"] if args.cpu_from_compare else None
+        variants["flow_pt (pooled seeds)"] = pool_flow_runs(runs, price)
     plain_cpu_s_per_ns = variants["plain_pt"]["cpu_s_per_ns"]
     dt_ps = float(variants["plain_pt"]["save_interval_ps"])
     plain = combine_plain([b for d in args.plain for b in plain_blocks(d, args.block_ns, dt_ps)])
