@@ -22,8 +22,8 @@ measured on AA, "redraw" leaves bond + angle energy about 1 kT above plain PT at
 temperature (gone at 0.5 fs) and "keep" is far worse (+8.5 kJ/mol at 300 K, +45 at 1000 K).
 "harmonic" is exact for harmonic modes, which the stiff ones nearly are: with it, 1 fs flow-PT's
 bond energies match plain PT's at every temperature (``benchmarks/pt_energy_terms.py``). Pairs
-the flow does not serve use the plain swap (velocities rescaled). Optional skip pairs (i, j) with j > i + 1 are tried every ``skip_every`` events after
-the neighbour pairs. One uniform number per tried pair comes from the run's swap RNG, so a run is
+the flow does not serve use the plain swap (velocities rescaled). Optional skip pairs (i, j)
+with j > i + 1 are tried every ``skip_every`` events after the neighbour pairs. One uniform number per tried pair comes from the run's swap RNG, so a run is
 reproducible and resumes exactly; with no flow the run *is* ``replica_exchange.simulate``.
 
 Hook. :class:`FlowSwapMove` is passed to ``replica_exchange.simulate(..., swap_move=move)``
@@ -152,8 +152,8 @@ class FlowSwapMove:
 
     ``flow`` maps T_i -> T_j as ``flow(x, t_i, t_j)`` / ``flow.inverse(y, t_i, t_j)``; ``energy``
     maps [B, N, 3] nm (float64) to U [B] kJ/mol (differentiable for ``velocities="harmonic"``);
-    ``masses_amu`` [N] for new velocities; ``dt_ps`` the integrator's step;
-    ``plan`` from :func:`plan_swaps`; ``n_eq_steps`` / ``dt_ps`` to tell production events.
+    ``masses_amu`` [N] for new velocities; ``plan`` from :func:`plan_swaps`; ``n_eq_steps`` and
+    ``dt_ps`` (the integrator's step, also used by the velocity draw) tell production events.
     """
 
     def __init__(
