@@ -141,6 +141,19 @@ def test_controls_ligand_film_lower_is_better_and_inconclusive():
     assert rf.p_value == pytest.approx(sps.ttest_rel([2.1, 2.4, 1.9], [0.50, 0.52, 0.49]).pvalue)
 
 
+def test_paired_differences_without_spread_get_the_sign_flip_p_value():
+    """Three seeds that all differ by exactly -0.25 (seen in a baselines run) are not p = 0:
+    three signs alike is all they show, p = 2 / 2^3 = 0.25 (exact sign-flip test)."""
+    proto = ControlProtocol(
+        "valid_and_connected", seeds=[0, 1, 2], paired=True,
+        variants=[Variant("pretrained", "reference", values=[0.50, 0.3125, 0.4375]),
+                  Variant("identity FiLM", "equal", values=[0.50, 0.3125, 0.4375]),
+                  Variant("fine-tuned", "worse", values=[0.25, 0.0625, 0.1875])])  # fmt: skip
+    res = {r.name: r for r in proto.run().results}
+    assert res["fine-tuned"].p_value == pytest.approx(0.25)
+    assert res["identity FiLM"].p_value == 1.0
+
+
 def test_control_protocol_rejects_bad_setup():
     from moltune.common.errors import InvalidInputError
 

@@ -168,7 +168,9 @@ class ControlProtocol:
             if len(d) < 2:
                 return math.nan, math.nan, math.nan
             if np.all(d == d[0]):
-                return (1.0 if d[0] == 0 else 0.0), float(d[0]), float(d[0])
+                # zero spread: the t statistic is infinite, so p would read 0 even for 3 seeds.
+                # The exact sign-flip test is what n identical signs can show: 2 / 2^n.
+                return (1.0 if d[0] == 0 else 2.0 ** (1 - len(d))), float(d[0]), float(d[0])
             res = sps.ttest_rel(np.asarray(a, float), np.asarray(b, float), nan_policy="omit")
             ci = res.confidence_interval(0.95)
             return float(res.pvalue), float(ci.low), float(ci.high)
