@@ -113,6 +113,22 @@ def pool_flow_runs(stats: list[dict], cpu_s_per_ns: float | None = None) -> dict
     return {"observables_T0": obs}
 
 
+def blocks_as_variant(dirs: list, block_ns: float, dt_ps: float, cpu_s_per_ns: float) -> dict:
+    """Flow-PT runs cut into ``block_ns`` blocks like plain PT's; ESS per CPU hour at one price."""
+    blocks = [b for d in dirs for b in plain_blocks(d, block_ns, dt_ps)]
+    per_hour = 3600.0 / cpu_s_per_ns
+    obs = {}
+    for name in OBSERVABLES:
+        rates = np.array([b[name]["ess_per_ns"] for b in blocks]) * per_hour
+        means = np.array([b[name]["mean"] for b in blocks])
+        obs[name] = {
+            "ess_per_cpu_hour": float(rates.mean()),
+            "ess_per_cpu_hour_error": float(rates.std(ddof=1) / math.sqrt(len(rates))),
+            "mean": float(means.mean()), "mean_error": float(means.std(ddof=1) / math.sqrt(len(means))),
+        }  # fmt: skip
+    return {"observables_T0": obs, "n_blocks": len(blocks)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", required=True, help="moltune pt compare-samplers output folder")
@@ -139,6 +155,14 @@ def main(argv: list[str] | None = None) -> int:
             runs.insert(0, variants["flow_pt"])
         price = variants["flow_pt"]["cpu_s_per_ns"] if args.cpu_from_compare else None
         variants["flow_pt (pooled seeds)"] = pool_flow_runs(runs, price)
+        # the same estimator on series of the same length as plain PT's blocks: a rare state's
+        # Sokal ESS grows as the series shortens (fewer visits, shorter tau), so whole-run
+        # figures of short flow-PT runs are not comparable with blocks of a long plain run
+        dirs = [Path(args.compare) / "flow_pt", *args.flow_runs]
+        dirs = dirs[1:] if args.without_compare_flow else dirs
+        variants["flow_pt (same blocks)"] = blocks_as_variant(
+            dirs, args.block_ns, float(variants["flow_pt"]["save_interval_ps"]),
+            float(variants["flow_pt"]["cpu_s_per_ns"]))
     plain_cpu_s_per_ns = variants["plain_pt"]["cpu_s_per_ns"]
     dt_ps = float(variants["plain_pt"]["save_interval_ps"])
     plain = combine_plain([b for d in args.plain for b in plain_blocks(d, args.block_ns, dt_ps)])
