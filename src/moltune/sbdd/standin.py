@@ -470,7 +470,7 @@ def standin_report(result: dict[str, Any], cfg: StandinConfig) -> str:
         f"({'lowest x0 error' if cfg.select == 'x0' else 'final'}"
         f"{', EMA ' + str(cfg.ema_decay) if cfg.ema_decay else ''}); sha256 "
         f"{result.get('checkpoint_sha256', '?')[:16]}",
-        f"- one-call denoising error (Å per atom) at t: "
+        "- one-call denoising error (Å per atom) at t: "
         + (", ".join(f"{t}: {v:.3f}" for t, v in (result.get("x0_error_A") or {}).items())
            or "not measured"),
         "",
