@@ -26,21 +26,11 @@ import argparse
 import numpy as np
 import torch
 
-from moltune.flow.pt_sampler import observable_series
+from moltune.flow.pt_sampler import load_sampler_flow, observable_series
 from moltune.flow.swaps import propose_flow_swap
 from moltune.physics.energy import TorchEnergy
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.units import beta
-
-
-def load(flow_spec: str):
-    if flow_spec == "identity":
-        from moltune.flow.models import IdentityFlow
-
-        return IdentityFlow()
-    from moltune.flow.checkpoint import load_flow
-
-    return load_flow(flow_spec)[0].double().eval()
 
 
 def block_changes(flow, data, i: int, j: int, n_blocks: int, per_block: int, seed: int):
@@ -82,7 +72,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    flow = load(args.flow)
+    flow = load_sampler_flow(args.flow)[0].double().eval()
     print(f"flow: {args.flow}")
     print("| data | T | P(phi>0) before | expected change after one swap | z | acceptance |")
     print("|---|---|---|---|---|---|")
