@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from moltune.physics.forcefield import create_system
-from moltune.physics.ptdata import load_pt_data
+from moltune.physics.ptdata import block_standard_error, load_pt_data
 
 
 def term_energies(directory: str | Path, max_frames: int | None):
@@ -25,11 +25,8 @@ def term_energies(directory: str | Path, max_frames: int | None):
     import openmm
 
     data = load_pt_data(directory)
-    system = create_system(data.topology, data.metadata.get("solvent", "obc2"))
-    names = []
-    for i, f in enumerate(system.getForces()):
-        f.setForceGroup(i)
-        names.append(type(f).__name__.replace("Force", ""))
+    system = create_system(data.topology, data.metadata.get("solvent", "obc2"))  # force i: group i
+    names = [type(f).__name__.replace("Force", "") for f in system.getForces()]
     ctx = openmm.Context(system, openmm.VerletIntegrator(0.001),
                          openmm.Platform.getPlatformByName("Reference"))  # fmt: skip
     out = []
@@ -46,9 +43,8 @@ def term_energies(directory: str | Path, max_frames: int | None):
 
 
 def block_mean(a: np.ndarray, n_blocks: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error over ``n_blocks`` contiguous blocks of axis 0."""
-    means = np.stack([b.mean(0) for b in np.array_split(a, n_blocks)])
-    return a.mean(0), means.std(0, ddof=1) / np.sqrt(n_blocks)
+    """Mean and block standard error of each column of [frames, terms]."""
+    return a.mean(0), np.array([block_standard_error(col, n_blocks) for col in a.T])
 
 
 def main() -> None:

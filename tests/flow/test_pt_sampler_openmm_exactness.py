@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from moltune.flow.pt_sampler import FlowSwapMove
+from moltune.physics.ptdata import block_standard_error
 from moltune.physics.replica_exchange import PTConfig, ReplicaSet, RunState
 from moltune.physics.units import KB_KJMOL, beta
 
@@ -114,10 +115,9 @@ def run(velocities: str, n_events: int, seed: int):
     return np.asarray(harm), np.asarray(right, dtype=float), accepted[accepted >= 0]  # tried only
 
 
-def block_se(a: np.ndarray, n_blocks: int = 20) -> np.ndarray:
-    blocks = np.array_split(a, n_blocks)
-    means = np.stack([b.mean(0) for b in blocks])
-    return means.std(0, ddof=1) / np.sqrt(n_blocks)
+def block_se(a: np.ndarray) -> np.ndarray:
+    """Block standard error of each column (temperature) of [events, K]."""
+    return np.array([block_standard_error(col) for col in a.T])
 
 
 def test_openmm_flow_swap_samples_the_known_distributions_at_1fs():
