@@ -115,18 +115,18 @@ def pool_flow_runs(stats: list[dict], cpu_s_per_ns: float | None = None) -> dict
 
 def blocks_as_variant(dirs: list, block_ns: float, dt_ps: float, cpu_s_per_ns: float) -> dict:
     """Flow-PT runs cut into ``block_ns`` blocks like plain PT's; ESS per CPU hour at one price."""
-    blocks = [b for d in dirs for b in plain_blocks(d, block_ns, dt_ps)]
+    pooled = combine_plain([b for d in dirs for b in plain_blocks(d, block_ns, dt_ps)])
     per_hour = 3600.0 / cpu_s_per_ns
-    obs = {}
-    for name in OBSERVABLES:
-        rates = np.array([b[name]["ess_per_ns"] for b in blocks]) * per_hour
-        means = np.array([b[name]["mean"] for b in blocks])
-        obs[name] = {
-            "ess_per_cpu_hour": float(rates.mean()),
-            "ess_per_cpu_hour_error": float(rates.std(ddof=1) / math.sqrt(len(rates))),
-            "mean": float(means.mean()), "mean_error": float(means.std(ddof=1) / math.sqrt(len(means))),
-        }  # fmt: skip
-    return {"observables_T0": obs, "n_blocks": len(blocks)}
+    obs = {
+        name: {
+            "ess_per_cpu_hour": p["ess_per_ns"] * per_hour,
+            "ess_per_cpu_hour_error": p["ess_per_ns_se"] * per_hour,
+            "mean": p["mean"],
+            "mean_error": p["mean_se_across_runs"],
+        }
+        for name, p in pooled.items()
+    }
+    return {"observables_T0": obs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     "than the comparison's flow_pt)")  # fmt: skip
     ap.add_argument("--cpu-from-compare", action="store_true",
                     help="charge every pooled flow-PT run the comparison's flow_pt CPU per ns "
-                    "(measured beside plain PT) instead of its own CPU time")  # fmt: skip
+                    "(measured beside plain PT) instead of its own CPU time; the 'same blocks' row "
+                    "always does")  # fmt: skip
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
