@@ -127,9 +127,6 @@ def _train(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pairs=pair))
     run = train(cfg, args.out, resume=args.resume)
     print(f"run folder: {run}")
-    try:
-        from moltune.validation.monitors import exit_code_for
+    from moltune.validation.monitors import exit_code_for
 
-        return exit_code_for(run)
-    except ImportError:
-        return 0
+    return exit_code_for(run)  # 3 when a red-flag monitor stopped the run

@@ -211,12 +211,9 @@ def _train_transfer(args: argparse.Namespace) -> int:
     print(f"{args.out}: {s['steps']} steps in {s['minutes']:.1f} min; validation acceptance "
           f"{s['start']['val/acceptance_flow']:.3f} -> best {s['best_val_acceptance_flow']:.3f} "
           f"(naive {s['start']['val/acceptance_naive']:.3f})")  # fmt: skip
-    try:  # 3 when a red-flag monitor stopped the run
-        from moltune.validation.monitors import exit_code_for
+    from moltune.validation.monitors import exit_code_for
 
-        return exit_code_for(args.out)
-    except ImportError:
-        return 0
+    return exit_code_for(args.out)  # 3 when a red-flag monitor stopped the run
 
 
 def _transfer(args: argparse.Namespace) -> int:

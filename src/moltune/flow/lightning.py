@@ -240,8 +240,9 @@ class TransportModule(L.LightningModule):
         """(flow, energy, u_ref) of the system a batch belongs to (here one: ``key`` is None)."""
         return self.flow, self.energy, self.u_ref
 
-    def _u_ref(self, temps: torch.Tensor, u_ref: dict | None = None) -> torch.Tensor:
-        u_ref = self.u_ref if u_ref is None else u_ref
+    @staticmethod
+    def _u_ref(temps: torch.Tensor, u_ref: dict) -> torch.Tensor:
+        """Reference mean energy (kJ/mol) of each sample's temperature."""
         return torch.tensor([u_ref[float(t)] for t in temps.tolist()], dtype=torch.float64)
 
     def _terms(self, x, y, ts, tt, key: int | None = None):

@@ -386,13 +386,9 @@ def _metadata(cfg: MultiTrainConfig, sets: list[PeptideSet]) -> dict:
 
 def _callbacks(cfg: MultiTrainConfig, run) -> list:
     """Red-flag monitors (as ``moltune.flow.train``) and best/last checkpoints."""
-    try:
-        from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
-    except ImportError:  # the validation area is optional: plain checkpoints, no red flags
-        from lightning.pytorch.callbacks import ModelCheckpoint as GuardedModelCheckpoint
+    from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
 
-        default_monitors = None
-    callbacks: list = default_monitors(cfg.monitors or None, run.path) if default_monitors else []
+    callbacks: list = default_monitors(cfg.monitors or None, run.path)
     callbacks.append(GuardedModelCheckpoint(
         dirpath=run.checkpoints, filename="best", monitor="val/acceptance_flow", mode="max",
         save_top_k=1, save_last=True, save_on_train_epoch_end=False,

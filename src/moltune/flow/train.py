@@ -140,14 +140,9 @@ def _callbacks(cfg: TrainConfig, run) -> list:
     }  # fmt: skip
     if not cfg.validate:
         kwargs.update(save_top_k=1, filename="step{step:06d}")
-    try:
-        from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
-    except ImportError:  # the validation area is optional: plain checkpoints, no red flags
-        from lightning.pytorch.callbacks import ModelCheckpoint as GuardedModelCheckpoint
+    from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors
 
-        default_monitors = None
-    if default_monitors is not None:
-        callbacks += default_monitors(cfg.monitors or None, run.path)
+    callbacks += default_monitors(cfg.monitors or None, run.path)
     callbacks.append(GuardedModelCheckpoint(**kwargs))
     return callbacks
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,6 @@ def _finite(v: Any) -> float:
         return float("nan")
     return f if math.isfinite(f) else float("nan")
 
-
-try:  # Lightning is a dependency, but keep this module importable for plain evaluation.
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[misc,assignment]
 
 
 class GenerationEvalCallback(Callback):

@@ -245,10 +245,7 @@ def build_model(cfg: FinetuneConfig):
     return model.train()  # from_checkpoint returns eval mode; the l2 loss needs train mode
 
 
-try:
-    import lightning.pytorch as pl
-except ImportError:  # pragma: no cover
-    pl = None  # type: ignore[assignment]
+import lightning.pytorch as pl
 
 
 class FinetuneModule(pl.LightningModule):
@@ -292,7 +289,7 @@ class FinetuneModule(pl.LightningModule):
         losses = []
         for rep in range(4):
             t_rep = (t_int + rep * (self.model.ddpm.T // 4)) % (self.model.ddpm.T + 1)
-            out = self.model.ddpm.loss(*self._ligand_pocket(batch), t_int=t_rep,
+            out = self.model.ddpm.loss(*self.model.ligand_pocket(batch), t_int=t_rep,
                                        noise=gaussian_noise(gen),
                                        film=self.model.film_params(batch["embeddings"], b),
                                        training=True)
@@ -303,14 +300,6 @@ class FinetuneModule(pl.LightningModule):
         self.log("val/n_samples", float(b), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
         return loss
-
-    def _ligand_pocket(self, batch):
-        p = next(self.model.ddpm.dynamics.parameters())
-        lig = {"x": batch["lig_coords"].to(p), "one_hot": batch["lig_one_hot"].to(p),
-               "mask": batch["lig_mask"].long(), "size": batch["num_lig_atoms"].long()}
-        poc = {"x": batch["pocket_coords"].to(p), "one_hot": batch["pocket_one_hot"].to(p),
-               "mask": batch["pocket_mask"].long(), "size": batch["num_pocket_nodes"].long()}
-        return lig, poc
 
     def configure_optimizers(self):
         o = self.cfg.optim
