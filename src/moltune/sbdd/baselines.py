@@ -19,7 +19,6 @@ validation set is too small to support a conclusion.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
+from moltune.common.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,6 @@ class BaselineConfig:
     batch_size: int = 16
     progress: bool = True
     threads: int = 0  # torch intra-op threads (0: leave as is)
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def resolve_adapter(spec: str) -> Path:
@@ -335,7 +327,7 @@ def run_baselines(cfg: BaselineConfig) -> dict[str, Any]:
                 "pass" if ident_v == rand_v == "pass" else "inconclusive")
     passed = controls == "pass"
     result = {
-        "checkpoint": str(cfg.checkpoint), "checkpoint_sha256": sha256(cfg.checkpoint),
+        "checkpoint": str(cfg.checkpoint), "checkpoint_sha256": sha256_file(cfg.checkpoint),
         "data": str(data_dir), "split": cfg.split, "pockets": [d["name"] for d in items],
         "n_samples_per_pocket": cfg.n_samples, "seeds": list(cfg.seeds),
         "timesteps": cfg.timesteps, "num_atoms": cfg.num_atoms, "primary_metric": cfg.metric,

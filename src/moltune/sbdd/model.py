@@ -209,21 +209,25 @@ class LigandDiffusionModel(nn.Module):
         ``num_lig_atoms``, ``pocket_coords``, ``pocket_one_hot``, ``pocket_mask``,
         ``num_pocket_nodes``. ``embeddings`` [B, E] per-sample pocket embeddings for FiLM.
         """
-        p = next(self.ddpm.dynamics.parameters())
-        ligand = {
-            "x": batch["lig_coords"].to(device=p.device, dtype=p.dtype),
-            "one_hot": batch["lig_one_hot"].to(device=p.device, dtype=p.dtype),
-            "mask": batch["lig_mask"].to(p.device).long(),
-            "size": batch["num_lig_atoms"].to(p.device).long(),
-        }
-        pocket = {
-            "x": batch["pocket_coords"].to(device=p.device, dtype=p.dtype),
-            "one_hot": batch["pocket_one_hot"].to(device=p.device, dtype=p.dtype),
-            "mask": batch["pocket_mask"].to(p.device).long(),
-            "size": batch["num_pocket_nodes"].to(p.device).long(),
-        }
+        ligand, pocket = self.ligand_pocket(batch)
         film = self.film_params(embeddings, len(ligand["size"]))
         return self.ddpm.loss(ligand, pocket, t_int=t_int, noise=noise, film=film)
+
+    def ligand_pocket(self, batch: Mapping[str, Tensor]) -> tuple[dict, dict]:
+        """The (ligand, pocket) dicts ``ddpm.loss`` takes, from a batch in the DiffSBDD layout,
+        on the model's device and dtype."""
+        p = next(self.ddpm.dynamics.parameters())
+
+        def part(x, one_hot, mask, size):
+            return {
+                "x": batch[x].to(device=p.device, dtype=p.dtype),
+                "one_hot": batch[one_hot].to(device=p.device, dtype=p.dtype),
+                "mask": batch[mask].to(p.device).long(),
+                "size": batch[size].to(p.device).long(),
+            }
+
+        return (part("lig_coords", "lig_one_hot", "lig_mask", "num_lig_atoms"),
+                part("pocket_coords", "pocket_one_hot", "pocket_mask", "num_pocket_nodes"))
 
     @torch.no_grad()
     def sample(self, pocket_x: Tensor, pocket_one_hot: Tensor, pocket_mask: Tensor,

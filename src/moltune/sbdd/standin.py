@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
+from moltune.common.io import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -336,17 +337,11 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     result = evaluate_standin(final, items, cfg, run)
     result["selected_step"] = sel_step
     result["x0_error_A"] = x0_sel
-    result["checkpoint_sha256"] = _sha256(final)
+    result["checkpoint_sha256"] = sha256_file(final)
     result["train_seconds_this_session"] = round(time.perf_counter() - t0, 1)
     write_json(run.path / "eval.json", result)
     write_text(run.report, standin_report(result, cfg))
     return result
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def x0_error(model, items: list[dict[str, Any]], t_values=(20, 50, 100, 200),
@@ -370,12 +365,7 @@ def x0_error(model, items: list[dict[str, Any]], t_values=(20, 50, 100, 200),
             se, n_atoms = 0.0, 0
             for d in items:
                 b = complex_batch([d] * n_copies)
-                p = next(model.parameters())
-                ligand = {"x": b["lig_coords"].to(p.dtype), "one_hot": b["lig_one_hot"].to(p.dtype),
-                          "mask": b["lig_mask"], "size": b["num_lig_atoms"]}
-                pocket = {"x": b["pocket_coords"].to(p.dtype),
-                          "one_hot": b["pocket_one_hot"].to(p.dtype),
-                          "mask": b["pocket_mask"], "size": b["num_pocket_nodes"]}
+                ligand, pocket = model.ligand_pocket(b)
                 res = model.ddpm.loss(ligand, pocket, t_int=torch.full((n_copies,), int(t)),
                                       noise=gaussian_noise(gen), training=True)
                 ref = ligand["x"].reshape(n_copies, -1, 3)
