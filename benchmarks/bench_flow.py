@@ -70,8 +70,8 @@ def main() -> None:
         )
     with torch.no_grad():
         par = _time(lambda: flow(x, 300.0, 450.0), args.repeats)
-        cached = _time(lambda: flow.inverse(x, 300.0, 450.0, use_cache=True), args.repeats)
-        plain = _time(lambda: flow.inverse(x, 300.0, 450.0, use_cache=False), args.repeats)
+        cached = _time(lambda: flow.inverse(x, 300.0, 450.0, method="cached"), args.repeats)
+        plain = _time(lambda: flow.inverse(x, 300.0, 450.0, method="recompute"), args.repeats)
     print(f"tarflow parallel direction (T):          {par * 1e3:8.1f} ms")
     print(f"tarflow sequential (T^-1) with KV cache: {cached * 1e3:8.1f} ms")
     print(

@@ -1,4 +1,4 @@
-"""TarFlow: identity at start, exact inverse (with and without KV cache), log-determinant."""
+"""TarFlow: identity at start, exact inverse (KV cache, recompute, fixed point), log-determinant."""
 
 from __future__ import annotations
 
@@ -35,9 +35,31 @@ def test_round_trip_float32_and_cache(aa_peptide, aa_samples, perturb, represent
     xr, ldr = flow.inverse(y, 300.0, 450.0)
     assert (xr - x).abs().max() <= 1e-5
     torch.testing.assert_close(ldr, -ld, atol=2e-3, rtol=1e-4)
-    xn, ldn = flow.inverse(y, 300.0, 450.0, use_cache=False)
+    xn, ldn = flow.inverse(y, 300.0, 450.0, method="recompute")
     torch.testing.assert_close(xn, xr, atol=1e-6, rtol=0)
     torch.testing.assert_close(ldn, ldr, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0])
+def test_fixed_point_inverse_equals_sequential(aa_peptide, aa_samples, perturb, scale):
+    """Jacobi sweeps solve the same triangular system; at scale 1.0 the map is far from the
+    identity (coordinates move by far more than thermal widths), so they need many sweeps."""
+    flow = perturb(_flow(aa_peptide, aa_samples), scale=scale).double()
+    x = aa_samples[:8]
+    with torch.no_grad():
+        y, ld = flow(x, 300.0, 450.0)
+        assert (y - x).abs().max() > 1e-3 * scale * 10
+        xs, lds = flow.inverse(y, 300.0, 450.0, method="cached")
+        xf, ldf = flow.inverse(y, 300.0, 450.0)  # the default without gradients
+        xr, _ = flow.inverse(y, 300.0, 450.0, method="fixed_point")
+    torch.testing.assert_close(xf, xs, atol=1e-8, rtol=0)
+    torch.testing.assert_close(ldf, lds, atol=1e-7, rtol=0)
+    if scale < 1.0:  # at 1.0 bond angles leave (0, pi): T^-1(T(x)) != x for every method
+        torch.testing.assert_close(xf, x, atol=1e-7, rtol=0)
+        torch.testing.assert_close(ldf, -ld, atol=1e-7, rtol=0)
+    assert torch.equal(xr, xf)
+    with pytest.raises(ValueError, match="inverse method"):
+        flow.inverse(y, 300.0, 450.0, method="newton")
 
 
 @pytest.mark.parametrize("representation", ["internal", "cartesian"])

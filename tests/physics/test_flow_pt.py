@@ -1,10 +1,10 @@
-"""Flow-enhanced PT on OpenMM replicas (moltune.flow.pt_sampler) and time-series statistics.
+"""Flow-enhanced PT on OpenMM replicas (moltune.flow.pt_sampler).
 
 The identity flow must reproduce the plain swap's acceptance on the same states (also inside a
 run, against the OpenMM energies plain PT would use);
-the round-trip counter and the walker-history rebuild on hand-made trajectories; the Sokal
-autocorrelation time of AR(1) against 1 + 2 rho / (1 - rho); a tiny `moltune pt sample` with an
-untrained TarFlow (the identity at initialisation) that writes its files and resumes.
+the round-trip counter and the walker-history rebuild on hand-made trajectories; a tiny
+`moltune pt sample` with an untrained TarFlow (the identity at initialisation) that writes its
+files and resumes. (Time-series statistics: test_timeseries.py.)
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from moltune.flow.pt_sampler import (
 from moltune.physics.peptide import build_peptide
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.replica_exchange import PTConfig, swap_log_acceptance
-from moltune.physics.timeseries import integrated_autocorrelation, n_transitions
 from moltune.physics.units import beta
 
 TEMPS3 = [300.0, 450.0, 670.0]
@@ -45,38 +44,6 @@ def plain_run(aa, tmp_path_factory):
     out = tmp_path_factory.mktemp("flowpt") / "plain"
     sample(aa, out, PTConfig(temperatures_K=TEMPS3, **TINY), progress=False)
     return out
-
-
-# ------------------------------------------------------------------------------- statistics
-def test_autocorrelation_time_of_ar1_matches_analytic():
-    from scipy.signal import lfilter
-
-    from moltune.flow.metrics import integrated_autocorr_time
-
-    for rho in (0.5, 0.8, 0.95):
-        n = 200_000
-        x = lfilter([1.0], [1.0, -rho], np.random.default_rng(1).normal(size=n))
-        est = integrated_autocorrelation(x)
-        exact = 1 + 2 * rho / (1 - rho)
-        assert est.estimable and abs(est.tau - exact) < 3 * est.tau_error, (rho, est, exact)
-        assert est.tau_error < 0.1 * exact  # the error bar is informative, not huge
-        assert est.ess == pytest.approx(n / est.tau)
-        # same estimator as the flow metrics' one
-        assert est.tau == pytest.approx(integrated_autocorr_time(x), rel=1e-12)
-        # mean error: sigma sqrt(tau / n) against the exact SE of an AR(1) mean
-        se = math.sqrt(1 / (1 - rho**2)) * math.sqrt(exact / n)
-        assert est.mean_error == pytest.approx(se, rel=0.15)
-    # independent samples: tau ~ 1
-    white = integrated_autocorrelation(np.random.default_rng(2).normal(size=50_000))
-    assert abs(white.tau - 1.0) < 3 * white.tau_error + 0.02
-
-
-def test_constant_observable_has_no_ess():
-    est = integrated_autocorrelation(np.zeros(500))
-    assert not est.estimable and math.isnan(est.ess) and math.isnan(est.tau)
-    assert n_transitions(np.array([0, 0, 1, 1, 0, 1])) == 3
-    with pytest.raises(ValueError):
-        integrated_autocorrelation(np.array([0.0, np.nan, 1.0, 2.0]))
 
 
 # ----------------------------------------------------------------------------- round trips

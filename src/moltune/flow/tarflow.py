@@ -21,7 +21,11 @@ Read top to bottom:
 5. **Directions.** ``forward`` (T, source -> target) runs every position at once ("parallel").
    ``inverse`` (T^-1) must rebuild the tokens one position at a time; it keeps each layer's
    keys and values in a cache so each step costs one position, stays differentiable (so the
-   inverse energy term can be trained) and returns its log-determinant.
+   inverse energy term can be trained) and returns its log-determinant. Without gradients it
+   solves the same triangular system by fixed-point (Jacobi) iteration instead: every sweep is
+   one parallel pass, sweep k makes positions < k exact, so T sweeps are exact and the near-
+   identity maps of transport converge in far fewer (6-10 for AA) -- about twice as fast on CPU,
+   where the sequential direction is dominated by per-step overhead.
 6. **Conditioning.** The temperature pair enters as features (log T_t/T_s, log T_s/300 K,
    log T_t/300 K) through a small MLP added to every position, so one model serves every pair
    of a ladder; the peptide enters only through its atoms' embeddings, so one model can serve
@@ -34,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moltune.flow.coordinates import AFFINE, ATOM_NAMES, CIRCULAR, ELEMENTS, RESIDUES
+from moltune.flow.coordinates import AFFINE, ATOM_NAMES, CIRCULAR, ELEMENTS, RESIDUES, wrap
 from moltune.flow.transforms import apply_slots, apply_token_slots
 
 N_FEATURES = 9  # 3 slots x (affine value, cos, sin)
 N_PARAMS = 9  # 3 slots x 3 transform parameters
 MAX_RESIDUES = 32
+INVERSE_METHODS = ("cached", "recompute", "fixed_point")
+FIXED_POINT_TOL = 1e-9  # largest token change (nm or rad) of the last fixed-point sweep
 
 
 def token_features(z: torch.Tensor, slot_kind: torch.Tensor) -> torch.Tensor:
@@ -152,25 +158,41 @@ class AutoregressiveBlock(nn.Module):
         out = self.out(self.norm(h)).to(dtype)
         return out.view(*out.shape[:-1], 3, 3)
 
+    def _updates(self, zp: torch.Tensor, kind: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Transform parameters [B, T, 3, 3] of every position from the tokens before it."""
+        feats = token_features(zp, kind).to(self._dtype())
+        shifted = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, :-1]], dim=1)
+        h = ctx + self.feature_in(shifted)
+        for layer in self.layers:
+            h = layer(h)
+        return self._params(h, zp.dtype)
+
     def forward(self, z: torch.Tensor, cond: torch.Tensor, rep):
         """Parallel direction: every token updated at once from the (unchanged) input tokens."""
         perm, inv = self._order(z.shape[1], z.device)
         kind, sym = rep.slot_kind[perm], rep.symmetry[perm]
         zp = z[:, perm]
-        feats = token_features(zp, kind).to(self._dtype())
-        shifted = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, :-1]], dim=1)
-        h = self._context(rep, perm, cond) + self.feature_in(shifted)
-        for layer in self.layers:
-            h = layer(h)
-        yp, ld = apply_slots(zp, self._params(h, z.dtype), kind, sym, self.scale_bound)
+        params = self._updates(zp, kind, self._context(rep, perm, cond))
+        yp, ld = apply_slots(zp, params, kind, sym, self.scale_bound)
         return yp[:, inv], ld.sum(-1)
 
-    def inverse(self, y: torch.Tensor, cond: torch.Tensor, rep, use_cache: bool = True):
-        """Sequential direction: rebuild tokens one position at a time (KV cache optional)."""
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor, rep, method: str | None = None):
+        """T^-1 of this block. ``method``: "cached" (one position at a time with a key/value
+        cache; differentiable), "recompute" (the same without cache, O(T^2): the reference) or
+        "fixed_point" (Jacobi sweeps, see module doc). None: fixed_point when gradients are off,
+        else cached."""
+        if method is None:
+            method = "cached" if torch.is_grad_enabled() else "fixed_point"
+        if method not in INVERSE_METHODS:
+            raise ValueError(f"inverse method must be one of {INVERSE_METHODS}, got {method!r}")
         perm, inv = self._order(y.shape[1], y.device)
         kind, sym = rep.slot_kind[perm], rep.symmetry[perm]
         yp = y[:, perm]
         ctx = self._context(rep, perm, cond)
+        if method == "fixed_point":
+            xp, ld = self._fixed_point_inverse(yp, kind, sym, ctx)
+            return xp[:, inv], ld
+        use_cache = method == "cached"
         kinds, syms = kind.tolist(), sym.tolist()
         caches = [{} for _ in self.layers]
         prev = ctx.new_zeros(yp.shape[0], N_FEATURES)
@@ -195,6 +217,20 @@ class AutoregressiveBlock(nn.Module):
             prev = token_features(x_p[:, None], kind[p : p + 1])[:, 0].to(ctx.dtype)
         x = torch.stack(xs, dim=1)
         return x[:, inv], torch.stack(lds, dim=1).sum(-1)
+
+    def _fixed_point_inverse(self, yp, kind, sym, ctx, tol: float = FIXED_POINT_TOL):
+        """Solve x = update^-1(y; params(x_<p)) by sweeps from x = y (tokens in block order)."""
+        circular = kind == CIRCULAR
+        xp = yp
+        for _ in range(yp.shape[1] + 1):  # causality: sweep k fixes position k-1 exactly
+            new, ld = apply_slots(
+                yp, self._updates(xp, kind, ctx), kind, sym, self.scale_bound, inverse=True
+            )
+            change = torch.where(circular, wrap(new - xp), new - xp).abs().max()
+            xp = new
+            if not change > tol:  # also stops on NaN instead of sweeping on
+                break
+        return xp, ld.sum(-1)
 
 
 class TarFlow(nn.Module):
@@ -233,9 +269,9 @@ class TarFlow(nn.Module):
             ld = ld + ld_b
         return z, ld
 
-    def inverse(self, z: torch.Tensor, cond: torch.Tensor, rep, use_cache: bool = True):
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor, rep, method: str | None = None):
         ld = z.new_zeros(z.shape[0])
         for block in reversed(self.blocks):
-            z, ld_b = block.inverse(z, cond, rep, use_cache=use_cache)
+            z, ld_b = block.inverse(z, cond, rep, method=method)
             ld = ld + ld_b
         return z, ld
