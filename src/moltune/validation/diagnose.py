@@ -20,7 +20,11 @@ Rules (in vocabulary order):
   per-step values when there are fewer than ``min_train_points`` epochs, and no verdict below
   ``min_train_steps`` steps) improves by less than ``min_rel_improvement`` relative AND by less
   than ``min_improvement_z`` standard errors (noise from successive differences) - losses with
-  a large offset, like flow NLLs near -300, improve by little relative to their size.
+  a large offset, like flow NLLs near -300, improve by little relative to their size. When the
+  noise is so large that even a ``min_rel_improvement`` gain would sit below
+  ``min_improvement_z`` standard errors (a diffusion loss over random timesteps, logged per
+  step, in a short fine-tuning run), the run cannot tell: the finding is kept at low severity
+  and says so, unless the learning rate is 0.
 - ``nonfinite``: any logged value NaN / inf.
 - ``adapter_drift``: ``adapter/gamma_mean`` outside ``gamma_range``.
 - ``stopped_by_monitor``: ``stopped.json`` present.
@@ -436,8 +440,22 @@ def rule_not_learning(ctx: _Ctx) -> Finding | None:
         ev["train/grad_norm_median"] = float(np.median(gn))
     title = (f"Training loss did not improve: {head:.4g} -> {tail:.4g} "
              f"({improvement:+.1%} over {len(v)} logged values)")
+    smallest = cfg.min_rel_improvement * abs(head)  # the smallest improvement that would count
+    ev["resolvable_improvement"] = cfg.min_improvement_z * se
     if lr is not None and lr[1] == 0:
         title += f"; learning rate is 0 ({lr[0]})"
+    elif cfg.min_improvement_z * se > smallest:
+        title = (f"Training loss too noisy to tell whether it improved: {head:.4g} -> {tail:.4g}"
+                 f" over {len(v)} logged values; a {cfg.min_rel_improvement:.0%} gain "
+                 f"({smallest:.3g}) is below {cfg.min_improvement_z:g} standard errors "
+                 f"({cfg.min_improvement_z * se:.3g})")  # fmt: skip
+        causes = ["per-step losses of a noisy objective (e.g. diffusion over random timesteps) "
+                  "in a run too short to average the noise out",
+                  "a fine-tuning start that is already near the optimum (an identity-initialised "
+                  "adapter): the loss has little to gain"]  # fmt: skip
+        steps = ["judge the run by its validation quality metrics instead",
+                 "log epoch means or a smoothed loss, or train longer before judging"]
+        return Finding("not_learning", "low", title, ev, causes, steps, "loss")
     causes = ["learning rate zero or far too small",
               "parameters frozen (requires_grad False) or not passed to the optimizer",
               "loss detached from the parameters (e.g. computed under no_grad or on .detach())",
