@@ -996,8 +996,10 @@ def render_comparison(doc: dict) -> str:
         (
             "Slow observable at the lowest temperature: left-handed region population (phi > 0); "
             "psi_alpha (-2 < psi < 1 rad) and the potential energy as faster checks. tau from "
-            "Sokal's automatic window (c = 5), errors from Sokal's large-N formula: with few "
-            "transitions they are underestimates."
+            "Sokal's automatic window (c = 5), errors from Sokal's large-N formula. With few "
+            "transitions (a rare state visited a handful of times) tau comes out too short and "
+            "ESS too large, several-fold and differently for each sampler: for the efficiency "
+            "figure pool independent runs with benchmarks/flow_pt_efficiency.py (batch means)."
         ),
         "",
         (
