@@ -195,10 +195,12 @@ def propose_flow_swap(
     """
     tx, ld_f = flow(x, t_i_K, t_j_K)
     tinv_y, ld_i = flow.inverse(y, t_i_K, t_j_K)
-    u_x = _energy_f64(energy, x) if u_x is None else _f64(u_x)
-    u_y = _energy_f64(energy, y) if u_y is None else _f64(u_y)
-    u_tx = _energy_f64(energy, tx)
-    u_tinv_y = _energy_f64(energy, tinv_y)
+    # one energy call for every configuration still unscored (small batches are overhead-bound)
+    todo = [tx, tinv_y] + [c for c, u in ((x, u_x), (y, u_y)) if u is None]
+    u_all = np.split(_energy_f64(energy, torch.cat(todo)), len(todo))
+    u_tx, u_tinv_y = u_all[0], u_all[1]
+    u_x = u_all.pop(2) if u_x is None else _f64(u_x)
+    u_y = u_all.pop(2) if u_y is None else _f64(u_y)
     ld_f, ld_i = _f64(ld_f), _f64(ld_i)
     bad = nonfinite_mask(u_x, u_y, u_tx, u_tinv_y, ld_f, ld_i)
     log_alpha = log_acceptance_flow(u_x, u_y, u_tx, u_tinv_y, ld_f, ld_i, beta_i, beta_j)
