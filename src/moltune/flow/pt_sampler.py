@@ -478,9 +478,14 @@ def sample(
         c0, w0 = time.process_time(), time.perf_counter()
         res = simulate(peptide, out, cfg, progress=progress, stop_after_chunks=stop_after_chunks)
     else:
+        from threadpoolctl import threadpool_limits
+
         from moltune.physics.energy import TorchEnergy
 
-        torch.set_num_threads(1)  # one swap of one molecule: threads only add overhead
+        # one swap of one molecule: threads only add overhead (and CPU time) to its small torch
+        # calls and to the 3N x 3N eigendecompositions of the velocity draw (numpy's BLAS)
+        torch.set_num_threads(1)
+        blas = threadpool_limits(limits=1)
         try:
             energy = TorchEnergy.from_topology(peptide.topology, solvent=cfg.solvent).double()
             move = FlowSwapMove(
@@ -497,6 +502,7 @@ def sample(
                            stop_after_chunks=stop_after_chunks, swap_move=move)  # fmt: skip
         finally:
             torch.set_num_threads(torch_threads)
+            blas.restore_original_limits()
     meta["segments"].append({
         "cpu_s": time.process_time() - c0,
         "setup_cpu_s": c0 - setup0,
