@@ -36,7 +36,7 @@ from moltune.flow.pt_sampler import observable_series
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.timeseries import batch_means
 
-OBSERVABLES = ("phi_positive", "psi_alpha", "energy_kjmol")
+OBSERVABLES = ("phi_positive", "psi_alpha", "cis_peptide", "energy_kjmol")
 BATCH_LENGTHS_PS = (25.0, 50.0, 100.0, 200.0)
 
 

@@ -1,10 +1,11 @@
-"""Backbone dihedrals against an independent computation, Ramachandran pairing, figures."""
+"""Backbone dihedrals (phi, psi, omega) against an independent computation, Ramachandran pairing,
+cis detection, figures."""
 
 import numpy as np
 import pytest
 
 from moltune.common.errors import InvalidInputError
-from moltune.physics.geometry import backbone_dihedrals, ramachandran_angles
+from moltune.physics.geometry import backbone_dihedrals, peptide_bond_omega, ramachandran_angles
 from moltune.physics.peptide import build_peptide
 from moltune.physics.plots import energy_histograms, free_energy_2d, ramachandran
 
@@ -44,6 +45,36 @@ def test_phi_psi_match_textbook_definition(tmp_path):
     phi0, psi0 = backbone_dihedrals(pep.positions_nm, top)
     np.testing.assert_allclose(np.degrees(phi0), -120.0, atol=0.5)
     np.testing.assert_allclose(np.degrees(psi0), 140.0, atol=0.5)
+
+
+def _rotate_about(x, origin, axis, angle, which):
+    """Rotate atoms ``which`` of x [N, 3] by ``angle`` about the line origin + t * axis."""
+    k = axis / np.linalg.norm(axis)
+    v = x[which] - origin
+    rot = (v * np.cos(angle) + np.cross(k, v) * np.sin(angle)
+           + np.outer(v @ k, k) * (1 - np.cos(angle)))  # fmt: skip
+    out = x.copy()
+    out[which] = rot + origin
+    return out
+
+
+def test_omega_and_the_cis_indicator(tmp_path):
+    from moltune.flow.pt_sampler import observable_series
+
+    pep = build_peptide("AA", minimize=False)
+    top = _md_topology(pep, tmp_path)
+    x = pep.positions_nm
+    q = [_atom(pep, 0, "CA"), _atom(pep, 0, "C"), _atom(pep, 1, "N"), _atom(pep, 1, "CA")]
+    # cis: turn everything past the C-N bond half a turn about it
+    second = [a.index for a in pep.topology.atoms() if a.residue.index == 1]
+    cis = _rotate_about(x, x[q[1]], x[q[2]] - x[q[1]], np.pi, second)
+    omega = peptide_bond_omega(np.stack([x, cis]), top)
+    assert omega.shape == (2, 1)
+    assert omega[0, 0] == pytest.approx(_dihedral(*x[q]), abs=1e-4)
+    assert abs(omega[0, 0]) > np.radians(170)  # PeptideBuilder builds trans
+    assert abs(omega[1, 0]) < np.radians(10)
+    series = observable_series(np.stack([x, cis, x]), top)
+    assert series["cis_peptide"].tolist() == [0.0, 1.0, 0.0]
 
 
 def test_ramachandran_pairs(tmp_path):

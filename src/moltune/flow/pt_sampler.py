@@ -639,20 +639,23 @@ def _pair_stats(i: int, j: int, sel: np.ndarray, rec: dict, temps) -> dict:
 
 
 def observable_series(xyz_nm: np.ndarray, md_topology, residue: int = 0) -> dict[str, np.ndarray]:
-    """Slow observables per frame: left-handed region (phi > 0) and alpha-region psi indicator.
+    """Slow observables per frame: left-handed region (phi > 0), alpha-region psi, and a cis
+    peptide bond anywhere (|omega| < pi/2; rarer and slower than both at 300 K).
 
     ``residue`` picks the phi (and psi) column (AA zwitterion: the one phi of residue 2).
     """
-    from moltune.physics.geometry import backbone_dihedrals
+    from moltune.physics.geometry import backbone_dihedrals, peptide_bond_omega
 
     phi, psi = backbone_dihedrals(xyz_nm, md_topology)
     if phi.shape[1] == 0:
         raise InvalidInputError("the peptide has no backbone phi torsion")
     r = min(residue, phi.shape[1] - 1)
     s = min(residue, psi.shape[1] - 1)
+    omega = peptide_bond_omega(xyz_nm, md_topology)
     return {
         "phi_positive": (phi[:, r] > 0).astype(np.float64),
         "psi_alpha": ((psi[:, s] > -2.0) & (psi[:, s] < 1.0)).astype(np.float64),
+        "cis_peptide": (np.abs(omega) < np.pi / 2).any(axis=1).astype(np.float64),
     }
 
 

@@ -1,4 +1,4 @@
-"""Backbone geometry of peptides: phi/psi dihedrals (radians) computed with mdtraj.
+"""Backbone geometry of peptides: phi/psi/omega dihedrals (radians) computed with mdtraj.
 
 For a residue-resolved Ramachandran plot a residue needs both phi and psi.  A zwitterionic
 dipeptide such as AA has only one of each (phi of residue 2, psi of residue 1); for it
@@ -46,6 +46,18 @@ def backbone_dihedrals(
     phi_res = np.array([atoms[q[2]].residue.index for q in phi_idx], dtype=int)  # CA of residue
     psi_res = np.array([atoms[q[1]].residue.index for q in psi_idx], dtype=int)
     return phi, psi, phi_res, psi_res
+
+
+def peptide_bond_omega(xyz_nm: np.ndarray, md_topology) -> np.ndarray:
+    """omega [F, n_bonds] in radians (-pi, pi] of every peptide bond (trans near +-pi, cis near 0).
+
+    At the top of a PT ladder (1000 K) AA's peptide bond isomerises to cis on a ns timescale;
+    a cis frame at 300 K is rarer than any phi/psi basin and the slowest thing a sampler must get
+    right.
+    """
+    import mdtraj
+
+    return mdtraj.compute_omega(_trajectory(xyz_nm, md_topology))[1]
 
 
 def ramachandran_angles(xyz_nm: np.ndarray, md_topology) -> tuple[np.ndarray, np.ndarray]:
