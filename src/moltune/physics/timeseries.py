@@ -123,7 +123,8 @@ def batch_means(series: list[np.ndarray], batch_frames: int | list[int]) -> Batc
     Each run is cut into whole batches of ``batch_frames`` frames (one number, or one per run so
     runs saved at different intervals get batches of the same duration); a trailing partial
     batch is dropped. The variance of the pooled mean is var(batch averages) / n_batches; the
-    ESS is the frame variance over it, with the chi-square error sqrt(2 / (n_batches - 1)).
+    ESS is the variance of x (every batch weighing the same, i.e. per unit of sampled time) over
+    it, with the chi-square error sqrt(2 / (n_batches - 1)).
     Batches must be much longer than the integrated autocorrelation time (compare lengths).
     """
     runs = [np.asarray(x, dtype=np.float64).ravel() for x in series]
@@ -132,18 +133,20 @@ def batch_means(series: list[np.ndarray], batch_frames: int | list[int]) -> Batc
         raise ValueError("batch_frames: one positive number, or one per series")
     if any(not np.all(np.isfinite(x)) for x in runs):
         raise ValueError("series contains NaN or inf")
-    avgs, used = [], []
+    avgs, second, n_frames = [], [], 0  # per batch: mean of x and x^2 (batches weigh the same)
     for x, b in zip(runs, sizes):
         nb = x.size // int(b)
         if nb:
-            used.append(x[: nb * int(b)])
-            avgs.append(used[-1].reshape(nb, int(b)).mean(axis=1))
+            n_frames += nb * int(b)
+            batches = x[: nb * int(b)].reshape(nb, int(b))
+            avgs.append(batches.mean(axis=1))
+            second.append((batches * batches).mean(axis=1))
     if sum(a.size for a in avgs) < 2:
         raise ValueError(f"fewer than two whole batches of {sizes} frames in the series")
-    avgs, frames = np.concatenate(avgs), np.concatenate(used)
+    avgs = np.concatenate(avgs)
     n_b = avgs.size
     var_mean = float(avgs.var(ddof=1)) / n_b
-    var = float(frames.var())
+    var = max(float(np.concatenate(second).mean() - avgs.mean() ** 2), 0.0)
     ess = var / var_mean if var_mean > 0 else math.nan
     return BatchMeansEstimate(
         mean=float(avgs.mean()),
@@ -151,5 +154,5 @@ def batch_means(series: list[np.ndarray], batch_frames: int | list[int]) -> Batc
         ess=ess,
         ess_error=ess * math.sqrt(2.0 / (n_b - 1)),
         n_batches=n_b,
-        n_frames=frames.size,
+        n_frames=n_frames,
     )
