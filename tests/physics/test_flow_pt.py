@@ -356,3 +356,17 @@ def test_compare_samplers_writes_table_with_matched_cpu(plain_run, tmp_path):
     )
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| flow_pt |" in md and "ESS / CPU h" in md and "against the long plain PT run" in md
+
+
+def test_batch_means_rate_of_one_run():
+    """sampler_statistics' batch-means figure: 50 ps batches, none below 4 of them."""
+    from moltune.flow.pt_sampler import _batch_means_rate
+    from moltune.physics.timeseries import batch_means
+
+    x = np.random.default_rng(0).normal(size=2_000)  # 200 ps at 0.1 ps: exactly 4 batches
+    bm = _batch_means_rate(x, 0.1, cpu_h=0.5)
+    ref = batch_means([x], 500)
+    assert bm["n_batches"] == 4 and bm["batch_ps"] == pytest.approx(50.0)
+    assert bm["ess_per_cpu_hour"] == pytest.approx(ref.ess / 0.5)
+    assert bm["ess_per_cpu_hour_error"] == pytest.approx(ref.ess_error / 0.5)
+    assert _batch_means_rate(x[:1_999], 0.1, cpu_h=0.5) is None

@@ -133,6 +133,7 @@ def _compare(args: argparse.Namespace) -> int:
     for r in doc["table"]:
         o = r.get("phi_positive", {})
         print(f"  {r['variant']:10s} ESS(phi>0)/CPU h = {o.get('ess_per_cpu_hour', float('nan')):.3g}"
+              f" (batch means {o.get('bm_ess_per_cpu_hour', float('nan')):.3g})"
               f"  round trips/ns = {r['round_trips_per_ns']:.3g}")  # fmt: skip
     return 0
 

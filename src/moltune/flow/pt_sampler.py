@@ -659,6 +659,27 @@ def observable_series(xyz_nm: np.ndarray, md_topology, residue: int = 0) -> dict
     }
 
 
+#: Batch length (ps) of the batch-means ESS: far above tau of phi > 0 at 300 K (0.2-6 ps) and at
+#: the top of the ladder (4-10 ps), so batches are nearly independent.
+BATCH_PS = 50.0
+MIN_BATCHES = 4
+
+
+def _batch_means_rate(series: np.ndarray, dt_ps: float, cpu_h: float) -> dict | None:
+    """ESS and ESS per CPU hour of one run from ``BATCH_PS`` batches (None below 4 batches)."""
+    from moltune.physics.timeseries import batch_means
+
+    frames = max(1, round(BATCH_PS / dt_ps))
+    if len(series) // frames < MIN_BATCHES:
+        return None
+    est = batch_means([series], frames)
+    ok = cpu_h > 0 and math.isfinite(est.ess)
+    return {"batch_ps": frames * dt_ps, "n_batches": est.n_batches, "ess": est.ess,
+            "ess_error": est.ess_error,
+            "ess_per_cpu_hour": est.ess / cpu_h if ok else math.nan,
+            "ess_per_cpu_hour_error": est.ess_error / cpu_h if ok else math.nan}  # fmt: skip
+
+
 def sampler_statistics(out_dir: str | Path, observable_residue: int = 0) -> dict:
     """Per-pair acceptance, flow statistics, round trips, CPU time, 300 K observables of a run."""
     from moltune.physics.ptdata import load_pt_data
@@ -713,6 +734,7 @@ def sampler_statistics(out_dir: str | Path, observable_residue: int = 0) -> dict
             hours = cpu_s / 3600.0
             est["ess_per_cpu_hour"] = est["ess"] / hours if hours > 0 else math.nan
             est["ess_per_cpu_hour_error"] = est["ess_error"] / hours if hours > 0 else math.nan
+            est["batch_means"] = _batch_means_rate(s, dt_save, hours)
             obs[name] = est
     flow_cpu = float(rec["flow_cpu_s"])
     return {
@@ -959,6 +981,13 @@ def _comparison_table(results: dict[str, dict], budget: float | None) -> list[di
                 "transitions": est["transitions"],
                 "ratio_to_plain": ratio[0], "ratio_to_plain_error": ratio[1],
             }  # fmt: skip
+            bm, bm_ref = est.get("batch_means"), base.get("batch_means")
+            if bm and bm_ref:
+                row[obs]["bm_ess_per_cpu_hour"] = bm["ess_per_cpu_hour"]
+                row[obs]["bm_ess_per_cpu_hour_error"] = bm["ess_per_cpu_hour_error"]
+                row[obs]["bm_ratio_to_plain"], row[obs]["bm_ratio_to_plain_error"] = _ratio(
+                    bm["ess_per_cpu_hour"], bm["ess_per_cpu_hour_error"],
+                    bm_ref["ess_per_cpu_hour"], bm_ref["ess_per_cpu_hour_error"])  # fmt: skip
             if math.isfinite(modelled) and modelled > 0 and est["estimable"]:
                 h = modelled / 3600.0
                 row[obs]["ess_per_modelled_cpu_hour"] = est["ess"] / h
@@ -999,19 +1028,21 @@ def render_comparison(doc: dict) -> str:
         + (" the other variants were extended to match." if doc["match_cpu"] else "."),
         (
             "Slow observable at the lowest temperature: left-handed region population (phi > 0); "
-            "psi_alpha (-2 < psi < 1 rad) and the potential energy as faster checks. tau from "
-            "Sokal's automatic window (c = 5), errors from Sokal's large-N formula. With few "
-            "transitions (a rare state visited a handful of times) tau comes out too short and "
-            "ESS too large, several-fold and differently for each sampler: for the efficiency "
-            "figure pool independent runs with benchmarks/flow_pt_efficiency.py (batch means)."
+            "psi_alpha (-2 < psi < 1 rad), a cis peptide bond and the potential energy as other "
+            "checks. tau, ESS and 'vs plain' from Sokal's automatic window (c = 5), errors from "
+            "Sokal's large-N formula. With few transitions (a rare state visited a handful of "
+            "times) that tau comes out too short and ESS too large, several-fold and differently "
+            f"for each sampler. 'Batch means' ({BATCH_PS:g} ps batches) does not have that bias "
+            "but is noisy on one short run: for the efficiency figure pool independent runs with "
+            "benchmarks/flow_pt_efficiency.py."
         ),
         "",
         (
             "| variant | T / K | ps | CPU s | flow CPU | acceptance per pair | round trips / ns | "
             "P(phi>0) | transitions | tau / ps | ESS | ESS / CPU h | vs plain | "
-            "vs plain (modelled CPU) |"
+            "vs plain (modelled CPU) | ESS / CPU h, batch means | vs plain, batch means |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["table"]:
         acc = "; ".join(f"{k}: {_pm(v[0], v[1], '.2f')}" for k, v in r["acceptance"].items())
@@ -1026,7 +1057,9 @@ def render_comparison(doc: dict) -> str:
             f"{_pm(o.get('ess', math.nan), o.get('ess_error'))} | "
             f"{_pm(o.get('ess_per_cpu_hour', math.nan), o.get('ess_per_cpu_hour_error'))} | "
             f"{_pm(o.get('ratio_to_plain', math.nan), o.get('ratio_to_plain_error'), '.2f')} | "
-            f"{_pm(o.get('modelled_ratio_to_plain', math.nan), o.get('modelled_ratio_to_plain_error'), '.2f')} |"
+            f"{_pm(o.get('modelled_ratio_to_plain', math.nan), o.get('modelled_ratio_to_plain_error'), '.2f')} | "
+            f"{_pm(o.get('bm_ess_per_cpu_hour', math.nan), o.get('bm_ess_per_cpu_hour_error'))} | "
+            f"{_pm(o.get('bm_ratio_to_plain', math.nan), o.get('bm_ratio_to_plain_error'), '.2f')} |"
         )
     lines += [
         "",
@@ -1035,14 +1068,16 @@ def render_comparison(doc: dict) -> str:
     ]
     for r in doc["table"]:
         parts = []
-        for obs in ("psi_alpha", "energy_kjmol"):
+        for obs in ("psi_alpha", "cis_peptide", "energy_kjmol"):
             o = r.get(obs)
             if o:
                 parts.append(
                     f"{obs}: {_pm(o['ess_per_cpu_hour'], o['ess_per_cpu_hour_error'])} (ratio to "
                     f"plain {_pm(o['ratio_to_plain'], o['ratio_to_plain_error'], '.2f')}; "
                     "modelled CPU "
-                    f"{_pm(o.get('modelled_ratio_to_plain', math.nan), o.get('modelled_ratio_to_plain_error'), '.2f')})"
+                    f"{_pm(o.get('modelled_ratio_to_plain', math.nan), o.get('modelled_ratio_to_plain_error'), '.2f')}"
+                    "; batch means "
+                    f"{_pm(o.get('bm_ratio_to_plain', math.nan), o.get('bm_ratio_to_plain_error'), '.2f')})"
                 )
         lines.append(f"- {r['variant']}: " + "; ".join(parts))
     ref = doc.get("reference")
