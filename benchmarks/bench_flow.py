@@ -1,10 +1,12 @@
 """Transport-flow speed: training-step throughput and the sequential direction with/without cache.
 
-    python benchmarks/bench_flow.py [--batch 256] [--repeats 3] [--threads 1]
+    python benchmarks/bench_flow.py [--batch 256] [--repeats 3] [--threads 1] [--flow CKPT]
 
 Prints, for AA (23 atoms): samples per second of one full training step (both directions,
 float64 energies, backward) for the baseline and the TarFlow of the ``aa_300_450`` preset, and
-the time of the sequential (inverse) direction with and without the key/value cache. The
+the time of the inverse direction with the key/value cache, without it, and by fixed-point
+sweeps. The sweeps needed depend on how far the map is from the identity: ``--flow`` times a
+trained flow's directions too (``--batch 2`` is what one flow-PT swap event asks for). The
 machine is shared, so the load average is printed alongside.
 """
 
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flow", help="a trained flow (run folder or checkpoint) to time as well")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -72,12 +75,28 @@ def main() -> None:
         par = _time(lambda: flow(x, 300.0, 450.0), args.repeats)
         cached = _time(lambda: flow.inverse(x, 300.0, 450.0, method="cached"), args.repeats)
         plain = _time(lambda: flow.inverse(x, 300.0, 450.0, method="recompute"), args.repeats)
+        fixed = _time(lambda: flow.inverse(x, 300.0, 450.0, method="fixed_point"), args.repeats)
     print(f"tarflow parallel direction (T):          {par * 1e3:8.1f} ms")
     print(f"tarflow sequential (T^-1) with KV cache: {cached * 1e3:8.1f} ms")
+    print(f"tarflow T^-1 by fixed-point sweeps:      {fixed * 1e3:8.1f} ms "
+          f"({cached / fixed:.1f}x faster than the cache)")
     print(
         f"tarflow sequential (T^-1) without cache: {plain * 1e3:8.1f} ms "
         f"({plain / cached:.1f}x slower)"
     )
+
+
+    if args.flow:
+        from moltune.flow.pt_sampler import load_sampler_flow
+
+        trained, _ = load_sampler_flow(args.flow)
+        t_s, t_t = torch.full((args.batch,), 300.0), torch.full((args.batch,), 450.0)
+        with torch.no_grad():
+            times = {m: _time(lambda m=m: trained.inverse(y, t_s, t_t, method=m), args.repeats)
+                     for m in ("cached", "fixed_point")}  # fmt: skip
+            par = _time(lambda: trained(x, t_s, t_t), args.repeats)
+        print(f"trained flow {args.flow}: T {par * 1e3:.1f} ms, T^-1 cached "
+              f"{times['cached'] * 1e3:.1f} ms, fixed point {times['fixed_point'] * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ Read top to bottom:
    inverse energy term can be trained) and returns its log-determinant. Without gradients it
    solves the same triangular system by fixed-point (Jacobi) iteration instead: every sweep is
    one parallel pass, sweep k makes positions < k exact, so T sweeps are exact and the near-
-   identity maps of transport converge in far fewer (6-10 for AA) -- about twice as fast on CPU,
-   where the sequential direction is dominated by per-step overhead.
+   identity maps of transport converge in far fewer (5-9 for three trained AA flows: 2.1-2.6x
+   faster on CPU, where the sequential direction is dominated by per-step overhead). A map far
+   from the identity (random weights) can need all T sweeps and be slower than the cache: pass
+   ``method="cached"`` for such a map (``benchmarks/bench_flow.py`` times both).
 6. **Conditioning.** The temperature pair enters as features (log T_t/T_s, log T_s/300 K,
    log T_t/300 K) through a small MLP added to every position, so one model serves every pair
    of a ladder; the peptide enters only through its atoms' embeddings, so one model can serve
