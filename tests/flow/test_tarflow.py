@@ -62,6 +62,27 @@ def test_fixed_point_inverse_equals_sequential(aa_peptide, aa_samples, perturb, 
         flow.inverse(y, 300.0, 450.0, method="newton")
 
 
+def test_default_inverse_method_follows_batch_and_gradients(aa_peptide, aa_samples, monkeypatch):
+    from moltune.flow.tarflow import FIXED_POINT_MAX_BATCH, AutoregressiveBlock
+
+    flow = _flow(aa_peptide, aa_samples)
+    used = []
+    original = AutoregressiveBlock._fixed_point_inverse
+
+    def spy(self, *a, **k):
+        used.append(True)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(AutoregressiveBlock, "_fixed_point_inverse", spy)
+    x = aa_samples[: FIXED_POINT_MAX_BATCH + 1].float()
+    with torch.no_grad():
+        flow.inverse(x[:2], 300.0, 450.0)
+        assert len(used) == 2  # both blocks, a swap-sized batch
+        flow.inverse(x, 300.0, 450.0)  # an evaluation-sized batch: the cache
+    flow.inverse(x[:2], 300.0, 450.0)  # gradients on: the cache (differentiable, exact)
+    assert len(used) == 2
+
+
 @pytest.mark.parametrize("representation", ["internal", "cartesian"])
 def test_logdet_matches_autograd_both_directions(
     aa_peptide, aa_samples, perturb, jacobian_logdet, representation

@@ -21,13 +21,15 @@ Read top to bottom:
 5. **Directions.** ``forward`` (T, source -> target) runs every position at once ("parallel").
    ``inverse`` (T^-1) must rebuild the tokens one position at a time; it keeps each layer's
    keys and values in a cache so each step costs one position, stays differentiable (so the
-   inverse energy term can be trained) and returns its log-determinant. Without gradients it
-   solves the same triangular system by fixed-point (Jacobi) iteration instead: every sweep is
-   one parallel pass, sweep k makes positions < k exact, so T sweeps are exact and the near-
-   identity maps of transport converge in far fewer (5-9 for three trained AA flows: 2.1-2.6x
-   faster on CPU, where the sequential direction is dominated by per-step overhead). A map far
-   from the identity (random weights) can need all T sweeps and be slower than the cache: pass
-   ``method="cached"`` for such a map (``benchmarks/bench_flow.py`` times both).
+   inverse energy term can be trained) and returns its log-determinant. For a few
+   configurations without gradients (a flow-PT swap) it solves the same triangular system by
+   fixed-point (Jacobi) iteration instead: every sweep is one parallel pass, sweep k makes
+   positions < k exact, so T sweeps are exact and the near-identity maps of transport converge
+   in far fewer (5-9 for three trained AA flows). On CPU that is 2.1-2.6x faster for 1-2
+   configurations, where the sequential direction is all per-step overhead, and slower from
+   about 32 on (3.7x at 512), where the sweeps' arithmetic dominates: hence
+   ``FIXED_POINT_MAX_BATCH``. A map far from the identity (random weights) can need all T
+   sweeps; ``method=`` chooses explicitly (``benchmarks/bench_flow.py`` times both).
 6. **Conditioning.** The temperature pair enters as features (log T_t/T_s, log T_s/300 K,
    log T_t/300 K) through a small MLP added to every position, so one model serves every pair
    of a ladder; the peptide enters only through its atoms' embeddings, so one model can serve
@@ -48,6 +50,7 @@ N_PARAMS = 9  # 3 slots x 3 transform parameters
 MAX_RESIDUES = 32
 INVERSE_METHODS = ("cached", "recompute", "fixed_point")
 FIXED_POINT_TOL = 1e-9  # largest token change (nm or rad) of the last fixed-point sweep
+FIXED_POINT_MAX_BATCH = 16  # the default inverse uses sweeps up to this batch (CPU crossover)
 
 
 def token_features(z: torch.Tensor, slot_kind: torch.Tensor) -> torch.Tensor:
@@ -181,10 +184,11 @@ class AutoregressiveBlock(nn.Module):
     def inverse(self, y: torch.Tensor, cond: torch.Tensor, rep, method: str | None = None):
         """T^-1 of this block. ``method``: "cached" (one position at a time with a key/value
         cache; differentiable), "recompute" (the same without cache, O(T^2): the reference) or
-        "fixed_point" (Jacobi sweeps, see module doc). None: fixed_point when gradients are off,
-        else cached."""
+        "fixed_point" (Jacobi sweeps, see module doc). None: fixed_point for at most
+        ``FIXED_POINT_MAX_BATCH`` configurations without gradients, else cached."""
         if method is None:
-            method = "cached" if torch.is_grad_enabled() else "fixed_point"
+            small = y.shape[0] <= FIXED_POINT_MAX_BATCH
+            method = "fixed_point" if small and not torch.is_grad_enabled() else "cached"
         if method not in INVERSE_METHODS:
             raise ValueError(f"inverse method must be one of {INVERSE_METHODS}, got {method!r}")
         perm, inv = self._order(y.shape[1], y.device)
