@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moltune.flow.pt_sampler import observable_series
+from moltune.flow.pt_sampler import BATCH_PS, observable_series
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.timeseries import batch_means
 
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                     "and ladder, pooled with the comparison's own flow_pt run")  # fmt: skip
     ap.add_argument("--without-compare-flow", action="store_true",
                     help="pool only --flow-runs (the comparison's flow_pt only prices)")
-    ap.add_argument("--batch-ps", type=float, default=50.0, help="batch length of the main table")
+    ap.add_argument("--batch-ps", type=float, default=BATCH_PS,
+                    help="batch length (ps) of the main row; sampler_statistics uses the same")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args(argv)
 

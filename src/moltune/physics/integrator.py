@@ -11,7 +11,8 @@ w (no constraints) its stationary state is exactly
 (derived from the step's linear map; a test checks it against OpenMM). An independent draw has
 the right marginal but none of the correlation, and too wide a spread given x, which heats
 stiff modes: a C-H stretch at 1 fs (w dt ~ 0.6) by about 9% of kT/2 on average over the next
-0.1 ps; about 1 kT on alanine-alanine's bonds and angles in total (measured). :func:`langevin_middle_velocities` draws v from that
+0.1 ps; about 1 kT on alanine-alanine's bonds and angles in total (measured).
+:func:`langevin_middle_velocities` draws v from that
 conditional for the local harmonic approximation of U at x (mass-weighted Hessian by central
 differences of the gradient); soft and negative-curvature modes get the plain Maxwell-Boltzmann
 width. Units: nm, ps, amu, kJ/mol (kJ/mol / amu = nm^2/ps^2).

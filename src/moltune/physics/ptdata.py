@@ -237,15 +237,17 @@ def block_standard_error(x: np.ndarray, n_blocks: int = 20) -> float:
     """Standard error of the mean of a correlated series by block averaging.
 
     The series is cut into ``n_blocks`` contiguous blocks (blocks longer than the correlation
-    time are nearly independent); SE = std(block means) / sqrt(n_blocks).
+    time are nearly independent); SE = std(block means) / sqrt(n_blocks): one run's
+    ``moltune.physics.timeseries.batch_means``. NaN when there are fewer than two blocks or the
+    series is not finite.
     """
-    x = np.asarray(x, dtype=np.float64)
+    from moltune.physics.timeseries import batch_means
+
+    x = np.asarray(x, dtype=np.float64).ravel()
     n_blocks = min(n_blocks, len(x))
-    if n_blocks < 2:
+    if n_blocks < 2 or not np.all(np.isfinite(x)):
         return float("nan")
-    size = len(x) // n_blocks
-    means = x[: size * n_blocks].reshape(n_blocks, size).mean(axis=1)
-    return float(means.std(ddof=1) / np.sqrt(n_blocks))
+    return batch_means([x], len(x) // n_blocks).mean_error
 
 
 def naive_swap_acceptance(
