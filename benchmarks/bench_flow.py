@@ -87,7 +87,7 @@ def main() -> None:
 
 
     if args.flow:
-        from moltune.flow.pt_sampler import load_sampler_flow
+        from moltune.flow.rebuild import load_sampler_flow
 
         trained, _ = load_sampler_flow(args.flow)
         t_s, t_t = torch.full((args.batch,), 300.0), torch.full((args.batch,), 450.0)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moltune.flow.pt_sampler import BATCH_PS, observable_series
+from moltune.flow.pt_sampler.analysis import BATCH_PS, observable_series
 from moltune.physics.ptdata import load_pt_data
 from moltune.physics.timeseries import batch_means
 

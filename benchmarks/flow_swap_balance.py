@@ -26,7 +26,8 @@ import argparse
 import numpy as np
 import torch
 
-from moltune.flow.pt_sampler import load_sampler_flow, observable_series
+from moltune.flow.pt_sampler.analysis import observable_series
+from moltune.flow.rebuild import load_sampler_flow
 from moltune.flow.swaps import propose_flow_swap
 from moltune.physics.energy import TorchEnergy
 from moltune.physics.ptdata import load_pt_data

@@ -1,7 +1,8 @@
 """CLI: ``moltune pt sample`` (flow-enhanced PT), ``moltune pt compare-samplers``,
 ``moltune pt transfer`` and ``moltune pt train-transfer`` (one flow for several peptides).
 
-Library: ``moltune.flow.pt_sampler``, ``moltune.flow.multi_peptide``.
+Library: ``moltune.flow.pt_sampler`` (run, compare), ``moltune.flow.transfer``,
+``moltune.flow.rebuild``, ``moltune.flow.multi_peptide``.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from moltune.flow.pt_sampler import load_sampler_flow, sample
+    from moltune.flow.pt_sampler.run import sample
+    from moltune.flow.rebuild import load_sampler_flow
     from moltune.physics.replica_exchange import PTConfig
 
     cfg = PTConfig(temperatures_K=args.temperatures, time_ns=args.time_ns, workers=args.workers,
@@ -119,7 +121,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from moltune.flow.pt_sampler import compare_samplers
+    from moltune.flow.pt_sampler.compare import compare_samplers
 
     doc = compare_samplers(
         args.peptide, args.flow, args.time_ns, args.out,
@@ -222,7 +224,8 @@ def _transfer(args: argparse.Namespace) -> int:
 
     from moltune.common.errors import InvalidInputError
     from moltune.common.io import write_json, write_text
-    from moltune.flow.pt_sampler import render_transfer, run_flow_factory, transfer_table
+    from moltune.flow.rebuild import run_flow_factory
+    from moltune.flow.transfer import render_transfer, transfer_table
 
     dirs = {}
     for item in args.data:

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from moltune.flow.pt_sampler.analysis import advance_round_trips
 from moltune.flow.swaps import (
     acceptance_probability,
     log_acceptance_naive,
     nonfinite_mask,
     propose_flow_swap,
 )
+from moltune.physics.replica_exchange import swap_pairs
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 # propagate(x [B, ...], u [B] float64 numpy) -> (x', u'): one round of sampling at its temperature
@@ -141,7 +143,7 @@ class FlowPT:
     # ------------------------------------------------------------------ moves
     def pairs_for_round(self, r: int) -> list[tuple[int, int]]:
         """Neighbour pairs of the round's parity, then skip pairs when due."""
-        pairs = [(i, i + 1) for i in range(r % 2, self.n_temperatures - 1, 2)]
+        pairs = swap_pairs(r, self.n_temperatures)
         if self.skip_pairs and r % self.skip_every == 0:
             pairs += self.skip_pairs
         return pairs
@@ -186,16 +188,9 @@ class FlowPT:
         return acc
 
     def _count_round_trips(self, state: PTState) -> None:
-        """Count bottom -> top -> bottom trips: a walker's state is -1 (not yet at the bottom),
-        0 (left the bottom) or 1 (reached the top after the bottom); reaching the bottom in
-        state 1 completes a round trip."""
-        cols = np.arange(state.walker.shape[1])
-        bottom, top = state.walker[0], state.walker[-1]
-        done = state.last_end[bottom, cols] == 1
+        """Add the bottom -> top -> bottom trips completed this round (``advance_round_trips``)."""
+        done = advance_round_trips(state.last_end, state.walker[0], state.walker[-1])
         state.round_trips += int(done.sum())
-        state.last_end[bottom, cols] = 0
-        at_top = state.last_end[top, cols]
-        state.last_end[top, cols] = np.where(at_top == 0, 1, at_top)
 
     def step(self, state: PTState) -> PTState:
         """One round: propagate every temperature, then the round's swaps."""
