@@ -80,6 +80,6 @@ def check_skip_every(skip_every: int) -> int:
     """The skip period in swap events: a whole number >= 1."""
     if isinstance(skip_every, bool) or not isinstance(skip_every, Integral) or skip_every < 1:
         raise InvalidInputError(
-            f"skip_every must be a whole number of swap events >= 1, got {skip_every!r}"
+            f"skip_every (--skip-every) must be a whole number of swap events >= 1, got {skip_every!r}"
         )
     return int(skip_every)
