@@ -189,8 +189,7 @@ class FlowPT:
 
     def _count_round_trips(self, state: PTState) -> None:
         """Add the bottom -> top -> bottom trips completed this round (``advance_round_trips``)."""
-        done = advance_round_trips(state.last_end, state.walker[0], state.walker[-1])
-        state.round_trips += int(done.sum())
+        state.round_trips += int(advance_round_trips(state.last_end, state.walker[None]).sum())
 
     def step(self, state: PTState) -> PTState:
         """One round: propagate every temperature, then the round's swaps."""

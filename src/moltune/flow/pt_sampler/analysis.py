@@ -67,20 +67,41 @@ def walker_history(
     return hist
 
 
-def advance_round_trips(last_end: np.ndarray, bottom: np.ndarray, top: np.ndarray) -> np.ndarray:
-    """Update the round-trip state of the walkers after one swap event; True where a trip ends.
+def advance_round_trips(last_end: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """Carry the walkers' round-trip states through swap events; returns trips [W, C] completed.
 
-    ``last_end[w, c]`` is walker w's state in chain c: -1 not yet at the lowest temperature, 0
-    left it, 1 reached the highest since; ``bottom[c]`` and ``top[c]`` are the walkers now at the
-    lowest and highest temperature. A walker reaching the bottom in state 1 completes a round
-    trip (the bottom and top walkers differ, so the order of the two updates does not matter).
+    ``history[e, k, c]`` is the walker at temperature k after event e in chain c;
+    ``last_end[w, c]`` (updated in place) is walker w's state: -1 not yet at the lowest
+    temperature, 0 left it, 1 reached the highest since. A walker reaching the bottom in state 1
+    completes a round trip. Vectorised over events: within one walker's time-ordered visits to
+    the two ends, a trip is a bottom visit right after a top visit that followed a bottom visit
+    (or the starting state).
     """
-    cols = np.arange(bottom.shape[0])
-    done = last_end[bottom, cols] == 1
-    last_end[bottom, cols] = 0
-    at_top = last_end[top, cols]
-    last_end[top, cols] = np.where(at_top == 0, 1, at_top)
-    return done
+    h = np.asarray(history)
+    n_w, n_c = last_end.shape
+    n_e = h.shape[0]
+    if n_e == 0:
+        return np.zeros((n_w, n_c), int)
+    rows = np.broadcast_to(np.arange(n_e)[:, None], (n_e, n_c)).ravel()
+    cols = np.broadcast_to(np.arange(n_c)[None, :], (n_e, n_c)).ravel()
+    walker = np.concatenate([h[:, 0, :].ravel(), h[:, -1, :].ravel()])
+    chain = np.concatenate([cols, cols])
+    is_top = np.repeat([False, True], n_e * n_c)
+    order = np.lexsort((np.concatenate([rows, rows]), walker, chain))
+    walker, chain, is_top = walker[order], chain[order], is_top[order]
+    group = chain * n_w + walker
+    n = len(group)
+    first = np.r_[True, group[1:] != group[:-1]]
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    init = last_end.T.ravel()[group]
+    bottoms_before = np.cumsum(~is_top) - (~is_top)
+    anchored = (init >= 0) | (bottoms_before > bottoms_before[start])  # state >= 0 before event
+    prev_top_anchored = np.r_[False, is_top[:-1] & anchored[:-1]]
+    trip = ~is_top & np.where(first, init == 1, prev_top_anchored)
+    last = np.r_[group[1:] != group[:-1], True]
+    after = np.where(is_top, np.where(anchored, 1, -1), 0)
+    last_end[walker[last], chain[last]] = after[last]
+    return np.bincount(group[trip], minlength=n_c * n_w).reshape(n_c, n_w).T
 
 
 def count_round_trips(history: np.ndarray) -> np.ndarray:
@@ -93,13 +114,8 @@ def count_round_trips(history: np.ndarray) -> np.ndarray:
     h = np.asarray(history)
     if h.size == 0:
         return np.zeros(0, int)
-    n_w = int(h.max()) + 1
-    last = np.full((n_w, 1), -1, np.int8)
-    trips = np.zeros(n_w, int)
-    for row in h:
-        if advance_round_trips(last, row[:1], row[-1:])[0]:
-            trips[row[0]] += 1
-    return trips
+    last = np.full((int(h.max()) + 1, 1), -1, np.int8)
+    return advance_round_trips(last, h[:, :, None])[:, 0]
 
 
 def _pair_stats(i: int, j: int, sel: np.ndarray, rec: dict, temps) -> dict:
