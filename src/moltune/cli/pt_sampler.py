@@ -49,7 +49,7 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
                    "'identity' (the naive swap through the flow path); none: plain PT")  # fmt: skip
     p.add_argument("--skip", type=int, nargs=2, action="append", default=[], metavar=("I", "J"),
                    help="also try direct swaps between temperature indices I and J (repeatable)")  # fmt: skip
-    p.add_argument("--skip-every", type=int, default=1, help="try skips every N swap events")
+    p.add_argument("--skip-every", type=int, default=1, help="try skips every N >= 1 swap events")
     p.add_argument(
         "--velocities", choices=("harmonic", "redraw", "keep"), default="harmonic",
         help="velocities after an accepted flow swap: 'harmonic' (default) draws them as the "

@@ -25,7 +25,7 @@ def load_sampler_flow(spec: str | None) -> tuple[torch.nn.Module | None, dict | 
 
 
 def run_flow_factory(spec: str):
-    """``flow_factory`` for :func:`transfer_table` from ``--flow``: ``identity`` or a run whose
+    """``flow_factory`` for ``moltune.flow.transfer.transfer_table`` from ``--flow``: ``identity`` or a run whose
     flow is rebuilt for the peptide at hand (same config, its weights) and its coordinate
     standardisation refitted on that peptide's frames (torsions at origin 0 when the run was
     trained so, ``moltune.flow.multi_peptide.fit_representation``); weights shaped for another

@@ -49,7 +49,7 @@ class FlowSwapMove:
 
     ``flow`` maps T_i -> T_j as ``flow(x, t_i, t_j)`` / ``flow.inverse(y, t_i, t_j)``; ``energy``
     maps [B, N, 3] nm (float64) to U [B] kJ/mol (differentiable for ``velocities="harmonic"``);
-    ``masses_amu`` [N] for new velocities; ``plan`` from :func:`plan_swaps`; ``n_eq_steps`` and
+    ``masses_amu`` [N] for new velocities; ``plan`` from ``plan.plan_swaps``; ``n_eq_steps`` and
     ``dt_ps`` (the integrator's step, also used by the velocity draw) tell production events.
     """
 
