@@ -159,8 +159,25 @@ def _is_lightning_csv(path: Path) -> bool:
 
 
 def read_metrics(path: str | Path, run: str | None = None) -> pd.DataFrame:
-    """Read any supported log (file or folder) into the tidy table; the format is detected."""
+    """Read any supported log (file or folder) into the tidy table; the format is detected.
+
+    A binary, undecodable or unreadable file is a one-line :class:`InvalidInputError` /
+    :class:`InputFileError`."""
     path = Path(path)
+    try:
+        return _read_metrics(path, run)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not a text log (binary or undecodable at byte "
+                                f"{exc.start})") from exc
+    except csv.Error as exc:
+        raise InvalidInputError(f"{path}: not a readable CSV log ({exc})") from exc
+    except IsADirectoryError as exc:
+        raise InputFileError(f"{exc.filename}: a folder where a log file was expected") from exc
+    except PermissionError as exc:
+        raise InputFileError(f"{exc.filename or path}: permission denied") from exc
+
+
+def _read_metrics(path: Path, run: str | None) -> pd.DataFrame:
     if not path.exists():
         raise InputFileError(f"{path}: no such file or folder")
     if path.is_file():
@@ -176,7 +193,7 @@ def read_metrics(path: str | Path, run: str | None = None) -> pd.DataFrame:
         )
     if found.is_dir():
         return read_tensorboard(found)
-    return read_metrics(found, run)
+    return _read_metrics(found, run)
 
 
 def _version_key(p: Path) -> int:
@@ -349,6 +366,7 @@ class RunData:
     stopped: dict[str, Any] | None = None
     redflags: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    resolution: Any = None  # metrics.Resolution: which log column fills which role
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -407,9 +425,15 @@ def _load_json(path: Path) -> Any:
         raise InvalidInputError(f"{path}: unreadable JSON ({exc})") from exc
 
 
-def load_run(path: str | Path, run: str | None = None) -> RunData:
+def load_run(path: str | Path, run: str | None = None,
+             overrides: dict[str, str] | None = None) -> RunData:
     """Read a run folder: metrics (any supported log), config.yaml, hparams.yaml, evaluation
-    ``metrics.json`` files (flattened), stopped.json, redflags.json and checkpoints."""
+    ``metrics.json`` files (flattened), stopped.json, redflags.json and checkpoints.
+
+    The log's column names are resolved to contract names (:func:`moltune.validation.metrics.
+    resolve`, ``overrides`` {contract name: column} first); ``resolution`` says what was read."""
+    from moltune.validation import metrics as names
+
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such run folder or log file")
@@ -437,8 +461,10 @@ def load_run(path: str | Path, run: str | None = None) -> RunData:
     stopped = _load_json(root / "stopped.json") if (root / "stopped.json").is_file() else None
     redflags = _load_json(root / "redflags.json") if (root / "redflags.json").is_file() else []
     checkpoints = sorted(set(root.glob("checkpoints/*.ckpt")) | set(log_dir.glob("checkpoints/*.ckpt")))
+    resolution = names.resolve(set(metrics["metric"].unique()), overrides)
+    metrics = names.apply(metrics, resolution)
     return RunData(root, log_path, metrics, config, hparams, evaluation, stopped,
-                   redflags if isinstance(redflags, list) else [], checkpoints)
+                   redflags if isinstance(redflags, list) else [], checkpoints, resolution)
 
 
 _CKPT_EPOCH = re.compile(r"epoch=(\d+)")
