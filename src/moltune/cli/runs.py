@@ -38,8 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="val/train loss ratio that counts as overfitting (default 1.5)")
     o.add_argument("--mode", choices=("auto", "ratio", "difference"), default="auto",
                    help="ratio (positive losses) or difference val-train (auto: ratio if possible)")
-    o.add_argument("--train-metric", default="train/loss")
-    o.add_argument("--val-metric", default="val/loss")
+    o.add_argument("--train-metric", help="training-loss column (default: resolved from the log's "
+                   "names, e.g. train/loss, train_loss, loss/train, loss)")
+    o.add_argument("--val-metric", help="validation-loss column (default: resolved, e.g. val/loss, "
+                   "val_loss, loss/val)")
     o.add_argument("--out", help="output folder (default: the run folder)")
     o.add_argument("--wandb-run", help="run name inside a multi-run W&B CSV export")
     o.set_defaults(func=_overfitting)

@@ -202,12 +202,20 @@ def resolve(columns: list[str] | set[str], overrides: dict[str, str] | None = No
     columns = sorted(set(columns))
     overrides = overrides or {}
     res = Resolution()
-    missing = [c for c in overrides.values() if c not in columns]
+    forced: dict[str, str] = {}  # column -> full new name
+    missing = []
+    for name, col in overrides.items():
+        if col in columns:
+            forced[col] = name
+        elif f"{col}_epoch" in columns or f"{col}_step" in columns:  # Lightning's suffixes
+            forced |= {f"{col}{sfx}": f"{name}{sfx}" for sfx in ("_epoch", "_step")
+                       if f"{col}{sfx}" in columns}
+        else:
+            missing.append(col)
     if missing:
         raise InvalidInputError(f"--metric names column(s) not in the log: {', '.join(missing)}; "
                                 f"logged: {', '.join(columns)}")
     taken: dict[str, str] = {}  # full new name (with suffix) -> column
-    forced = {col: name for name, col in overrides.items()}
     for col in columns:
         if col in forced:
             taken[forced[col]] = col
@@ -223,7 +231,7 @@ def resolve(columns: list[str] | set[str], overrides: dict[str, str] | None = No
             if col == full and taken[full] != full and taken[full] not in forced:
                 taken[full] = col
             continue
-        if any(n == name for n in forced.values()):
+        if any(_base(n) == name for n in forced.values()):
             continue  # an override already fills this role
         taken[full] = col
     _fill_loss_from_single_candidate(taken, forced, columns)

@@ -117,6 +117,7 @@ class Violation:
     values: dict[str, float]
     message: str
     positions: list[int] = field(default_factory=list)  # every violating value
+    newest: Violation | None = None  # the last violation (values and message at ``last``)
 
     @property
     def last(self) -> int:
@@ -227,4 +228,5 @@ def _collect(hits: list[Violation]) -> Violation | None:
         return None
     first = hits[0]
     first.positions = [h.at for h in hits]
+    first.newest = hits[-1]
     return first
