@@ -402,7 +402,10 @@ def rule_quality_decline(ctx: _Ctx) -> Finding | None:
 
 def rule_not_learning(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
-    steps_s = _finite(logs.step_series(ctx.m, "train/loss"))
+    raw = logs.step_series(ctx.m, "train/loss")
+    if len(raw) and not np.isfinite(raw.to_numpy(dtype=float)).all():
+        return None  # the loss diverged (the nonfinite finding), which is not "not learning"
+    steps_s = _finite(raw)
     epoch_s = _finite(ctx.loss("train"))
     # epoch means average out batch-to-batch noise; steps only when there are too few epochs
     if len(epoch_s) >= cfg.min_train_points:
@@ -702,6 +705,8 @@ def rule_no_validation(ctx: _Ctx) -> Finding | None:
 
 
 def rule_short_run(ctx: _Ctx) -> Finding | None:
+    if "nonfinite" in ctx.found:
+        return None  # the run diverged: that, not its length, is why trends cannot be judged
     n = len(_finite(ctx.loss("val"))) or len(_finite(ctx.loss("train")))
     if n >= ctx.cfg.min_evaluations:
         return None
