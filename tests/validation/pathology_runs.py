@@ -114,7 +114,7 @@ def _data(case: Case):
         flip = rng.random(len(ytr)) < case.label_noise
         ytr = np.where(flip, rng.integers(0, y.max() + 1, len(ytr)), ytr)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    as_t = lambda a, b: (torch.tensor((a - mu) / sd, dtype=torch.float32),  # noqa: E731
+    as_t = lambda a, b: (torch.tensor((a - mu) / sd, dtype=torch.float32),
                          torch.tensor(b, dtype=torch.long))
     return as_t(xtr, ytr), as_t(xv, yv), as_t(xt, yt), int(y.max() + 1)
 

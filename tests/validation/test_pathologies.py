@@ -52,7 +52,7 @@ def test_right_finding_first_and_nothing_contradicts(pathology, name, logger):
     top = d.findings[0]
     if top.id != "healthy":
         assert top.columns, top  # the evidence names the columns it came from
-        for contract_name, column in top.columns.items():
+        for column in top.columns.values():
             assert column in set(run.resolution.rename)
 
 

@@ -34,6 +34,10 @@ def check_output(folder: str | Path, names: tuple[str, ...]) -> Path:
         target = folder / name
         if target.is_dir():
             raise InvalidInputError(f"{target}: a folder is in the way of the output file")
+        for parent in target.relative_to(folder).parents:
+            if (folder / parent).exists() and not (folder / parent).is_dir():
+                raise InvalidInputError(f"{folder / parent}: a file is in the way of the output "
+                                        "folder")
     probe = folder
     while not probe.exists():
         probe = probe.parent
@@ -132,7 +136,9 @@ def _diagnose(args: argparse.Namespace) -> int:
     run_root = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     if not Path(args.run).exists():
         logs.load_run(args.run)  # the one-line "no such run" error
-    check_output(args.out or run_root, ("diagnosis.md", "diagnosis.json", "plots"))
+    check_output(args.out or run_root, ("diagnosis.md", "diagnosis.json",
+                                          "plots/diagnosis_loss.png", "plots/diagnosis_energies.png",
+                                          "plots/diagnosis_quality.png"))
     d = run_diagnosis(args.run, args.out, cfg, args.wandb_run, roles)
     out = args.out or d.run
     for f in d.findings:
@@ -150,7 +156,7 @@ def _overfitting(args: argparse.Namespace) -> int:
     if not Path(args.run).exists():
         logs.load_run(args.run)
     run_root = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    check_output(args.out or run_root, ("overfitting.json", "plots"))
+    check_output(args.out or run_root, ("overfitting.json", "plots/overfitting.png"))
     result, path = run_overfitting(args.run, args.threshold, args.out, args.train_metric,
                                    args.val_metric, args.mode, args.wandb_run, roles)
     print(result.message)

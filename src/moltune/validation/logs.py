@@ -184,6 +184,9 @@ def _read_metrics(path: Path, run: str | None) -> pd.DataFrame:
         if path.name.startswith("events.out.tfevents"):
             return read_tensorboard(path)
         if path.suffix == ".csv":
+            with open(path, "rb") as fh:
+                if b"\x00" in fh.read(1 << 20):
+                    raise InvalidInputError(f"{path}: not a text log (holds NUL bytes: binary)")
             return read_lightning_csv(path) if _is_lightning_csv(path) else read_wandb_csv(path, run)
         raise InvalidInputError(f"{path}: unknown log format (want .csv or TensorBoard events)")
     found = locate_log(path)

@@ -246,6 +246,11 @@ def resolve(columns: list[str] | set[str], overrides: dict[str, str] | None = No
             if d is not None and not n.startswith(("val/energy", "val/kT")):
                 res.quality[n] = d
                 res.roles[f"quality:{n[4:]}"] = _column_for(res.rename, n)
+    for name in forced.values():  # a quality metric named by hand: higher is better unless
+        b = _base(name)             # its name says otherwise
+        if b.startswith("val/") and b not in ROLES.values():
+            res.quality[b] = quality_direction(b) or "higher"
+            res.roles[f"quality:{b[4:]}"] = _column_for(res.rename, b)
     role_names = set(ROLES.values()) | set(res.quality) | {
         n for n in bases if n.startswith("adapter/")}
     res.unused = [c for c in columns if c not in _IGNORED
