@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,3 +145,37 @@ def test_monitor_and_diagnosis_reach_the_same_verdict(tmp_path):
     first_step = by_id["gradient_explosion"].evidence["first_violation_step"]
     epoch_of = m[(m["metric"] == "train/grad_norm_step") & (m["step"] == first_step)]["epoch"]
     assert fired["grad_norm"]["epoch"] == int(epoch_of.iloc[0]) == 16
+
+
+def test_plain_summarywriter_and_keras_csvlogger_logs(tmp_path):
+    """No epochs in a SummaryWriter log: training steps align with the validation closing their
+    window. A Keras CSVLogger ``training.log`` (epoch, loss, val_loss, ...) is read as well."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    w = SummaryWriter(str(tmp_path / "tb" / "run1"))
+    step, val = 0, []
+    for e in range(10):
+        for _ in range(20):
+            w.add_scalar("Loss/train", 1.0 / (1 + 0.1 * step), step)
+            step += 1
+        val.append(1.0 / (1 + 0.1 * step) * (1 + 0.08 * max(0, e - 4) ** 2))
+        w.add_scalar("Loss/val", val[-1], step)
+    w.close()
+    run = logs.load_run(tmp_path / "tb")
+    train = logs.series(run.metrics, "train/loss")
+    assert list(train.index) == list(range(10))
+    assert train.loc[1] == pytest.approx(np.mean([1.0 / (1 + 0.1 * s) for s in range(20, 40)]))
+    d = diagnose_run(run)
+    over = d.findings[0]
+    assert over.id == "overfitting" and over.evidence["recommended_epoch"] == int(np.argmin(val))
+    assert over.columns["val/loss"] == "Loss/val"
+    keras = tmp_path / "keras"
+    keras.mkdir()
+    (keras / "training.log").write_text(
+        "epoch,accuracy,loss,val_accuracy,val_loss\n" + "\n".join(
+            f"{e},{a},{lo},{va},{vl}" for e, (a, lo, va, vl) in enumerate(
+                [(0.6, 0.9, 0.62, 0.85), (0.8, 0.5, 0.8, 0.6), (0.9, 0.3, 0.85, 0.5),
+                 (0.95, 0.2, 0.86, 0.52), (0.97, 0.1, 0.84, 0.7), (0.99, 0.05, 0.83, 0.9)])) + "\n")
+    d = diagnose_run(logs.load_run(keras))
+    assert d.ids[0] == "overfitting" and d.findings[0].evidence["recommended_epoch"] == 2
+    assert d.findings[0].columns == {"val/loss": "val_loss", "train/loss": "loss"}

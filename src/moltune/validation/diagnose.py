@@ -1,7 +1,11 @@
 """Diagnosis of a finished (or stopped) run from what it logged: findings ranked by severity.
 
 Every finding comes from one rule function below (``rule_*``), with its thresholds in
-:class:`DiagnoseConfig`; a rule returns a finding only together with the numbers that triggered
+:class:`~moltune.validation.rules.Thresholds` (``DiagnoseConfig``); the checks a monitor also
+makes (energy explosion, gradient norm, quality floor, adapter drift) call the same pure rule of
+:mod:`moltune.validation.rules`. The log's columns are first resolved to contract names
+(:mod:`moltune.validation.metrics`), and each finding's ``columns`` names the columns it read. A
+rule returns a finding only together with the numbers that triggered
 it. Ids and severities are documented in :mod:`moltune.validation.vocabulary`.
 
 Rules (in vocabulary order):
@@ -24,7 +28,9 @@ Rules (in vocabulary order):
   noise is so large that even a ``min_rel_improvement`` gain would sit below
   ``min_improvement_z`` standard errors (a diffusion loss over random timesteps, logged per
   step, in a short fine-tuning run), the run cannot tell: the finding is kept at low severity
-  and says so, unless the learning rate is 0.
+  and says so, unless the learning rate is 0. A positive loss (bounded below by 0) that improves
+  by less than ``min_rel_improvement`` is flagged even when the gain is beyond the noise (high:
+  a learning rate too small to matter). A loss that became non-finite is ``nonfinite`` instead.
 - ``nonfinite``: any logged value NaN / inf.
 - ``adapter_drift``: ``adapter/gamma_mean`` outside ``gamma_range``.
 - ``stopped_by_monitor``: ``stopped.json`` present.
@@ -35,11 +41,13 @@ Rules (in vocabulary order):
   ``volatility_min_jumps`` times.
 - ``overfitting``: validation loss rose more than ``overfit_rise`` (relative) above its best while
   training loss kept falling, or val/train ratio above ``overfit_ratio`` at the end. Downgraded
-  to low when ``small_validation`` holds (the validation signal is then not trustworthy) or a
+  to low when ``small_validation`` or ``quality_collapse`` holds (the validation signal is then
+  not trustworthy, or the rise is the collapse's symptom) or a
   direction explodes (the rise is its symptom).
 - ``direction_asymmetry``: over the run one direction's validation loss fell while the other's
   rose (Kendall tau and relative change, as the asymmetry monitor).
-- ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max``.
+- ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max`` or ``grad_spike_factor``
+  times its own median so far.
 - ``monitor_warnings``: warnings in ``redflags.json``.
 - ``no_validation`` / ``short_run``: nothing or too little to judge generalisation / trends.
 - ``healthy``: none of the above at severity medium or worse.

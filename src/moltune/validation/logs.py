@@ -183,7 +183,7 @@ def _read_metrics(path: Path, run: str | None) -> pd.DataFrame:
     if path.is_file():
         if path.name.startswith("events.out.tfevents"):
             return read_tensorboard(path)
-        if path.suffix == ".csv":
+        if path.suffix == ".csv" or (path.suffix == ".log" and _csv_header(path)):
             with open(path, "rb") as fh:
                 if b"\x00" in fh.read(1 << 20):
                     raise InvalidInputError(f"{path}: not a text log (holds NUL bytes: binary)")
@@ -219,7 +219,18 @@ def locate_log(folder: Path) -> Path | None:
     csvs = sorted(folder.glob("*.csv"))
     if len(csvs) == 1:
         return csvs[0]
-    return None
+    keras = [p for p in sorted(folder.glob("*.log")) if _csv_header(p)]  # Keras CSVLogger
+    return keras[0] if len(keras) == 1 else None
+
+
+def _csv_header(path: Path) -> bool:
+    """True when a text file starts with a CSV header naming an ``epoch`` column."""
+    try:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return "epoch" in header and len(header) > 1
 
 
 def has_metric(tidy: pd.DataFrame, name: str) -> bool:
@@ -353,6 +364,26 @@ def first_step_of_epoch_value(tidy: pd.DataFrame, name: str, epoch: int) -> int 
     return None
 
 
+def fill_epochs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """A log without epochs (a plain TensorBoard ``SummaryWriter``, a W&B panel export): number
+    the validations 0, 1, ... and give every row the number of the validation that closes its
+    window (a training step at or before validation step s belongs to it), so training and
+    validation values align per evaluation."""
+    if not len(tidy) or not tidy["epoch"].isna().all():
+        return tidy
+    evals = evaluation_steps(tidy)
+    if len(evals) == 0:
+        return tidy
+    out = tidy.copy()
+    idx = np.searchsorted(evals, out["step"].to_numpy(), side="left")
+    out["epoch"] = np.minimum(idx, len(evals) - 1).astype(float)
+    is_val = out["metric"].str.startswith("val/").to_numpy()
+    if is_val.any():
+        # several validation rows at one step keep that evaluation's number
+        out.loc[is_val, "epoch"] = np.searchsorted(evals, out.loc[is_val, "step"].to_numpy())
+    return out
+
+
 # --------------------------------------------------------------------------- run folders
 
 
@@ -465,7 +496,7 @@ def load_run(path: str | Path, run: str | None = None,
     redflags = _load_json(root / "redflags.json") if (root / "redflags.json").is_file() else []
     checkpoints = sorted(set(root.glob("checkpoints/*.ckpt")) | set(log_dir.glob("checkpoints/*.ckpt")))
     resolution = names.resolve(set(metrics["metric"].unique()), overrides)
-    metrics = names.apply(metrics, resolution)
+    metrics = fill_epochs(names.apply(metrics, resolution))
     return RunData(root, log_path, metrics, config, hparams, evaluation, stopped,
                    redflags if isinstance(redflags, list) else [], checkpoints, resolution)
 

@@ -73,9 +73,10 @@ ROLES: dict[str, str] = {
 # quality metrics by name token: True = higher is better
 HIGHER_IS_BETTER = ("acc", "accuracy", "auc", "auroc", "rocauc", "f1", "precision", "recall",
                     "connectivity", "validity", "qed", "acceptance", "uniqueness", "novelty", "r2",
-                    "iou", "dice", "map", "top1", "top5", "success", "balancedacc", "mcc")
+                    "iou", "dice", "map", "top1", "top5", "success", "balancedacc", "mcc",
+                    "diversity")
 LOWER_IS_BETTER = ("error", "err", "rmsd", "mae", "rmse", "perplexity", "ppl", "energy")
-LOSS_TOKENS = ("loss", "nll", "mse", "ce", "crossentropy", "bce", "elbo")
+LOSS_TOKENS = ("loss", "nll", "mse", "ce", "crossentropy", "bce")
 
 _SPLITS = {"train": "train", "training": "train", "trn": "train", "val": "val", "valid": "val",
            "validation": "val", "eval": "val", "evaluation": "val", "dev": "val", "test": "test",
@@ -210,7 +211,7 @@ def resolve(columns: list[str] | set[str], overrides: dict[str, str] | None = No
         elif f"{col}_epoch" in columns or f"{col}_step" in columns:  # Lightning's suffixes
             forced |= {f"{col}{sfx}": f"{name}{sfx}" for sfx in ("_epoch", "_step")
                        if f"{col}{sfx}" in columns}
-        else:
+        elif col != name:  # naming the contract name itself asks for the usual resolution
             missing.append(col)
     if missing:
         raise InvalidInputError(f"--metric names column(s) not in the log: {', '.join(missing)}; "
