@@ -367,16 +367,16 @@ def first_step_of_epoch_value(tidy: pd.DataFrame, name: str, epoch: int) -> int 
 def fill_epochs(tidy: pd.DataFrame) -> pd.DataFrame:
     """A log without epochs (a plain TensorBoard ``SummaryWriter``, a W&B panel export): number
     the validations 0, 1, ... and give every row the number of the validation that closes its
-    window (a training step at or before validation step s belongs to it), so training and
-    validation values align per evaluation."""
+    window (training steps before validation step s belong to it), so training and validation
+    values align per evaluation."""
     if not len(tidy) or not tidy["epoch"].isna().all():
         return tidy
     evals = evaluation_steps(tidy)
     if len(evals) == 0:
         return tidy
     out = tidy.copy()
-    idx = np.searchsorted(evals, out["step"].to_numpy(), side="left")
-    out["epoch"] = np.minimum(idx, len(evals) - 1).astype(float)
+    # as in window_series: the evaluation after s training steps (logged at s) closes [prev, s)
+    out["epoch"] = np.searchsorted(evals, out["step"].to_numpy(), side="right").astype(float)
     is_val = out["metric"].str.startswith("val/").to_numpy()
     if is_val.any():
         # several validation rows at one step keep that evaluation's number
