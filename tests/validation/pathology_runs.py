@@ -31,7 +31,7 @@ NAMES = {
                 "test_acc": "test/acc", "n_val": "n_val"},
     "lightning": {"train_loss": "train_loss", "val_loss": "val_loss", "train_acc": "train_acc",
                   "val_acc": "val_acc", "grad": "grad_norm", "test_loss": "test_loss",
-                  "test_acc": "test_acc", "n_val": "val_size"},
+                  "test_acc": "test_acc", "n_val": "val_set_size"},
     "diffsbdd": {"train_loss": "loss/train", "val_loss": "loss/val", "train_acc": "Accuracy/train",
                  "val_acc": "Accuracy/val", "grad": "grad_norm", "test_loss": "loss/test",
                  "test_acc": "Accuracy/test", "n_val": "num_val"},

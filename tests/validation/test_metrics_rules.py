@@ -179,3 +179,10 @@ def test_plain_summarywriter_and_keras_csvlogger_logs(tmp_path):
     d = diagnose_run(logs.load_run(keras))
     assert d.ids[0] == "overfitting" and d.findings[0].evidence["recommended_epoch"] == 2
     assert d.findings[0].columns == {"val/loss": "val_loss", "train/loss": "loss"}
+
+
+def test_validation_size_keys_by_their_words():
+    for key in ("n_val", "val_set_size", "data/num_validation_samples", "val_split"):
+        assert mn.is_val_size_key(key), key
+    for key in ("val_batch_size", "check_val_every_n_epoch", "limit_val_batches", "train_size"):
+        assert not mn.is_val_size_key(key), key

@@ -194,7 +194,10 @@ def _val_size(ctx: _Ctx) -> tuple[str, float] | None:
     if len(ns):
         return mn.VAL_N_SAMPLES, float(ns.iloc[-1])
     n = _setting(ctx.run, ctx.cfg.n_val_keys)
-    if n is None or n[1] <= 0 or n[1] >= 1 or n[1] == 0:
+    if n is None and ctx.cfg.n_val_keys:  # any other key that names a validation size
+        n = next(((k, float(v)) for k, v in ctx.run.settings.items() if mn.is_val_size_key(k)
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+    if n is None or n[1] <= 0 or n[1] >= 1:
         return n
     total = _setting(ctx.run, ctx.cfg.dataset_size_keys)
     if total is not None and total[1] >= 1:

@@ -88,6 +88,21 @@ _SAMPLE_COUNT = re.compile(r"^(n|num|number)?_?(val|valid|validation)?_?(samples
                            r"complexes|examples|count)$")
 
 
+_VAL_WORDS = {"val", "valid", "validation", "eval", "dev"}
+_SIZE_WORDS = {"n", "num", "number", "size", "samples", "sample", "count", "len", "examples",
+               "complexes", "frac", "fraction", "split", "ratio", "pct", "percent"}
+_NOT_SIZE = {"batch", "check", "every", "interval", "epoch", "epochs", "step", "steps", "freq",
+             "frequency", "workers", "seed", "limit", "batches", "per", "max", "min"}
+
+
+def is_val_size_key(key: str) -> bool:
+    """A config / hparams key that gives the validation set's size or fraction (``n_val``,
+    ``val_size``, ``num_validation_samples``, ``val_split``), not ``val_batch_size`` or
+    ``check_val_every_n_epoch``."""
+    toks = set(tokens(key.split("/")[-1]))
+    return bool(toks & _VAL_WORDS and toks & _SIZE_WORDS and not toks & _NOT_SIZE)
+
+
 def tokens(name: str) -> list[str]:
     """Lower-case tokens of a column name (``/ _ . -`` and spaces separate)."""
     return [t for t in re.split(r"[/_.\-\s]+", name.strip().lower()) if t]
