@@ -186,3 +186,12 @@ def test_validation_size_keys_by_their_words():
         assert mn.is_val_size_key(key), key
     for key in ("val_batch_size", "check_val_every_n_epoch", "limit_val_batches", "train_size"):
         assert not mn.is_val_size_key(key), key
+
+
+def test_monitors_read_other_naming_conventions(tmp_path):
+    """A module logging Lightning-style names (val_loss, train_loss) still trips loss_ratio."""
+    run = tmp_path / "run"
+    vt.fit(vt.ReplayModule({"val_loss": [1.2, 1.5, 3.0, 12.0, 20.0]}, {"train_loss": [1.0] * 5}),
+           run, 5, default_monitors({"loss_ratio": {"action": "stop"}}, run))
+    st = json.loads((run / "stopped.json").read_text())
+    assert st["monitor"] == "loss_ratio" and st["epoch"] == 3

@@ -12,6 +12,7 @@ contract name (``val/loss``, ``val/connectivity``, ``train/grad_norm``, ...). Te
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,12 @@ def quality_direction(name: str) -> str | None:
     if any(t in LOWER_IS_BETTER for t in toks):
         return "lower"
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def contract_name(column: str) -> str | None:
+    """The contract name a single column stands for (``val_loss_epoch`` -> ``val/loss``)."""
+    return _canonical(column)[0]
 
 
 def _canonical(column: str) -> tuple[str | None, str]:

@@ -304,10 +304,15 @@ def _as_float(value: Any) -> float | None:
 
 
 def logged(trainer, name: str) -> float | None:
-    """Latest logged value of ``name`` (resolving Lightning's ``_step`` / ``_epoch`` suffixes)."""
+    """Latest logged value of ``name`` (resolving Lightning's ``_step`` / ``_epoch`` suffixes);
+    a module that logs under other conventions (``val_loss``, ``loss/val``) is read through
+    :func:`moltune.validation.metrics.contract_name`."""
     metrics = trainer.callback_metrics
     for key in (name, f"{name}_step", f"{name}_epoch"):
         if key in metrics:
+            return _as_float(metrics[key])
+    for key in metrics:
+        if mn.contract_name(key) == name:
             return _as_float(metrics[key])
     return None
 
@@ -642,7 +647,10 @@ class LossRatioMonitor(RedFlagMonitor):
         if hook == "train_batch_end":
             metrics = trainer.callback_metrics
             v = None
-            for key in (f"{self.train_metric}_step", self.train_metric):
+            keys = [f"{self.train_metric}_step", self.train_metric] + [
+                k for k in metrics if mn.contract_name(k) == self.train_metric
+                and not k.endswith("_epoch")]
+            for key in keys:
                 if key in metrics:
                     v = _as_float(metrics[key])
                     break
