@@ -108,7 +108,7 @@ def test_rules_on_histories():
     assert v.at == 25 and v.positions == [25, 28] and v.values["factor"] == pytest.approx(150)
     assert rules.gradient_explosion([1.0] * 5 + [150.0]) is None  # too little history to judge
     q = rules.quality_floor([0.2, 0.6, 0.7, 0.4, 0.45], 0.5)
-    assert q.at == 3 and q.positions == [3, 4]  # 0.2 at the start is no fall below the floor
+    assert q.at == 0 and q.positions == [0, 3, 4] and q.newest.values["best_so_far"] == 0.7
     e = rules.energy_explosion([0.0, 3e4, math.nan], [0.0] * 3, [2.494] * 3)
     assert e.at == 1 and e.positions == [1, 2]
     assert rules.violates_now(e, 3) and not rules.violates_now(e, 4)

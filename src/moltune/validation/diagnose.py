@@ -336,7 +336,8 @@ def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
         v = s.fillna(0.0)
         best_epoch = int(v.idxmax())
         best, last = float(v.max()), float(v.iloc[-1])
-        below = rules.violates_now(rules.quality_floor(v.to_numpy(), floor, cfg), len(v))
+        below = rules.violates_now(rules.quality_floor(v.to_numpy(), floor, cfg), len(v)) \
+            and best >= floor  # it fell below after reaching it
         dropped = best >= cfg.quality_min_best and last < best * (1 - cfg.quality_drop)
         if not (below or dropped):
             continue
@@ -601,12 +602,22 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
     train_drop = -_rel(float(train.loc[best_epoch]), float(train.iloc[-1]))
     positive = bool((train > 0).all() and (val > 0).all())
     ratio_last = float(val.iloc[-1] / train.iloc[-1]) if positive else math.nan
-    diverging = rise > cfg.overfit_rise and train_drop > 0.01
+    # the rise must stand out of the validation loss's own noise (robust, from second
+    # differences: a noisy but healthy run's last value sits above its luckiest minimum)
+    v = val.to_numpy(dtype=float)
+    d2 = np.diff(v, n=2)
+    noise = (1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6)
+             if len(d2) >= 3 else 0.0)
+    k = max(1, min(3, len(v) // 4))
+    tail = float(np.mean(v[-k:]))
+    standout = (tail - best) > 3.0 * noise
+    diverging = rise > cfg.overfit_rise and train_drop > 0.01 and standout
     ratio_high = positive and ratio_last > cfg.overfit_ratio
     if not (diverging or ratio_high):
         return None
     u = ctx.unit
     ev: dict[str, Any] = {"val/loss_best": best, f"best_{u}": best_epoch, "val/loss_last": last,
+                          "val/loss_noise": noise,
                           "val_rise_from_best": rise, f"train/loss_at_best_{u}": train.loc[best_epoch],
                           "train/loss_last": train.iloc[-1], "train_drop_after_best": train_drop}
     if positive:

@@ -37,7 +37,7 @@ class Thresholds:
     quality_floors: dict[str, float] = field(default_factory=lambda: {
         mn.VAL_CONNECTIVITY: 0.5, mn.VAL_VALIDITY: 0.5, mn.VAL_ACCEPTANCE_FLOW: 0.0})
     default_quality_floor: float = 0.0  # other higher-is-better metrics: drop rule only
-    quality_drop: float = 0.5
+    quality_drop: float = 0.3  # a quality metric losing 30% of its best has collapsed
     quality_decline: float = 0.15
     quality_min_best: float = 0.05  # the drop rule needs a best value at least this high
     min_val_samples: int = 10
@@ -173,12 +173,13 @@ def gradient_explosion(grad_norm: Sequence[float], t: Thresholds = DEFAULTS) -> 
 
 def quality_floor(values: Sequence[float], floor: float, t: Thresholds = DEFAULTS
                   ) -> Violation | None:
-    """A higher-is-better quality metric below ``floor`` (or NaN) after having reached it."""
+    """A higher-is-better quality metric below ``floor`` (or NaN). The diagnosis calls it a
+    collapse only when the metric had reached the floor before."""
     v = _arr(values)
-    best = -math.inf
     hits = []
+    best = -math.inf
     for i, x in enumerate(v):
-        if best >= floor and (math.isnan(x) or x < floor):
+        if math.isnan(x) or x < floor:
             hits.append(Violation(i, {"value": float(x), "floor": floor, "best_so_far": float(best)},
                                   f"{x:.4g} below its floor {floor:g} (best so far {best:.4g})"))
         if math.isfinite(x):
