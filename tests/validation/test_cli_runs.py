@@ -132,3 +132,16 @@ def test_binary_metrics_csv_is_one_line(tmp_path, capsys):
                       str(tmp_path / "c")], capsys, "metrics.csv")
     (run / "metrics.csv").write_bytes(b"epoch,step,val_loss\n0,0,\x001.0\n")
     _one_line_exit_2(["runs", "diagnose", str(run)], capsys, "metrics.csv")
+
+
+def test_compare_reads_lightning_names(tmp_path):
+    for i, last in enumerate([0.8, 0.82, 0.79]):
+        run = _tiny_run(tmp_path / "a" / f"seed{i}")
+        text = (run / "metrics.csv").read_text().replace(",0.8\n", f",{last}\n")
+        (run / "metrics.csv").write_text(text)
+    for i in range(3):
+        _tiny_run(tmp_path / "b" / f"seed{i}")
+    assert main(["runs", "compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric",
+                 "val_loss", "--out", str(tmp_path / "c")]) == 0
+    groups = (tmp_path / "c" / "groups.csv").read_text()
+    assert "0.8 0.82 0.79" in groups
