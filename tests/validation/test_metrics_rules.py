@@ -195,3 +195,22 @@ def test_monitors_read_other_naming_conventions(tmp_path):
            run, 5, default_monitors({"loss_ratio": {"action": "stop"}}, run))
     st = json.loads((run / "stopped.json").read_text())
     assert st["monitor"] == "loss_ratio" and st["epoch"] == 3
+
+
+def test_issue_diffsbdd_example_reports_the_collapse_first(tmp_path):
+    """loss/train, loss/val, Connectivity/val; connectivity falls to 0 while the loss falls, one
+    validation complex: the collapse comes first, in the log's own names."""
+    val, train, _ = vt.ligand_history(collapse=True, one_sample=True)
+    rows = ["epoch,step,loss/train,loss/val,Connectivity/val,Validity/val"]
+    for e in range(10):
+        rows += [f"{e},{2 * e},{train['train/loss'][e]},,,",
+                 f"{e},{2 * e + 1},,{val['val/loss'][e]},{val['val/connectivity'][e]},"
+                 f"{val['val/validity'][e]}"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "hparams.yaml").write_text("n_val: 1\nlr: 0.0001\n")
+    d = run_diagnosis(tmp_path)
+    assert d.ids[:2] == ["quality_collapse", "small_validation"]
+    top = d.findings[0]
+    assert top.title.startswith("Connectivity/val collapsed from 0.92")
+    assert top.columns["val/connectivity"] == "Connectivity/val"
+    assert next(f for f in d.findings if f.id == "overfitting").severity == "low"

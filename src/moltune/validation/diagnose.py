@@ -56,6 +56,7 @@ Rules (in vocabulary order):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -875,6 +876,9 @@ def diagnose_run(run: logs.RunData, cfg: DiagnoseConfig | None = None,
     for f in findings:
         f.evidence = {k: _f(v) for k, v in f.evidence.items()}
         f.columns = _columns_named(f.evidence, run)
+        for name, column in f.columns.items():  # titles speak the log's own names
+            if column != name:
+                f.title = re.sub(re.escape(name) + r"(?![\w/])", column, f.title)
     plots = make_plots(ctx, plot_dir) if plot_dir is not None else {}
     for f in findings:
         f.plot = plots.get(f.plot) if f.plot else None
