@@ -71,3 +71,19 @@ def runs(tmp_path_factory):
         return run
 
     return get
+
+
+@pytest.fixture(scope="session")
+def pathology(tmp_path_factory):
+    """Lazily trained genuine runs of ``pathology_runs.CASES``, keyed by name."""
+    import pathology_runs as pr
+
+    root = tmp_path_factory.mktemp("pathology")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            cache[name] = pr.train(name, root)
+        return cache[name]
+
+    return get

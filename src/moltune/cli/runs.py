@@ -3,6 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+from pathlib import Path
+
+from moltune.common.errors import InputFileError, InvalidInputError
+
+_ROLE_HELP = ("assign a log column to a role, repeatable: ROLE=COLUMN (roles: train_loss, "
+              "val_loss, grad_norm, lr, val_samples, energy_forward, ..., quality:NAME)")
+
+
+def _add_metric_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", action="append", default=[], metavar="ROLE=COLUMN", help=_ROLE_HELP)
+    p.add_argument("--config", help="YAML file of thresholds (see rules.Thresholds) and a "
+                   "metrics: mapping ROLE: COLUMN")
+
+
+def _finite(name: str, value: float | None) -> None:
+    if value is not None and not math.isfinite(value):
+        raise InvalidInputError(f"{name} {value}: must be a finite number")
+
+
+def check_output(folder: str | Path, names: tuple[str, ...]) -> Path:
+    """Refuse (one line, exit 2) an output folder that is a file, holds a folder where an output
+    file goes, or cannot be written; creates nothing."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"{folder}: output path exists and is not a folder")
+    for name in names:
+        target = folder / name
+        if target.is_dir():
+            raise InvalidInputError(f"{target}: a folder is in the way of the output file")
+        for parent in target.relative_to(folder).parents:
+            if (folder / parent).exists() and not (folder / parent).is_dir():
+                raise InvalidInputError(f"{folder / parent}: a file is in the way of the output "
+                                        "folder")
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InvalidInputError(f"{probe}: not a folder, cannot hold the output {folder}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputFileError(f"{probe}: folder is read-only, cannot write {folder}")
+    return folder
+
+
+def _roles(args: argparse.Namespace):
+    """(Thresholds, {contract name: column}) from --config and --metric."""
+    from moltune.validation.metrics import parse_overrides
+    from moltune.validation.rules import Thresholds, load_thresholds
+
+    cfg, roles = (load_thresholds(args.config) if args.config else (Thresholds(), {}))
+    return cfg, parse_overrides(roles) | parse_overrides(args.metric)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "not trusted (default 10)")
     d.add_argument("--explosion-kT", type=float, help="energy excess (kT) counted as an explosion "
                    "(default 1e4)")
+    _add_metric_options(d)
     d.set_defaults(func=_diagnose)
 
     o = rs.add_parser(
@@ -38,10 +91,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="val/train loss ratio that counts as overfitting (default 1.5)")
     o.add_argument("--mode", choices=("auto", "ratio", "difference"), default="auto",
                    help="ratio (positive losses) or difference val-train (auto: ratio if possible)")
-    o.add_argument("--train-metric", default="train/loss")
-    o.add_argument("--val-metric", default="val/loss")
+    o.add_argument("--train-metric", help="training-loss column (default: resolved from the log's "
+                   "names, e.g. train/loss, train_loss, loss/train, loss)")
+    o.add_argument("--val-metric", help="validation-loss column (default: resolved, e.g. val/loss, "
+                   "val_loss, loss/val)")
     o.add_argument("--out", help="output folder (default: the run folder)")
     o.add_argument("--wandb-run", help="run name inside a multi-run W&B CSV export")
+    _add_metric_options(o)
     o.set_defaults(func=_overfitting)
 
     c = rs.add_parser(
@@ -56,20 +112,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how a run's logged series becomes one value (default: last)")
     c.add_argument("--reference", help="compare every group against this one (default: all pairs)")
     c.add_argument("--correction", choices=("holm", "bh", "none"), default="holm")
-    c.add_argument("--alpha", type=float, default=0.05)
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level, in (0, 1)")
     c.add_argument("--out", default="comparison", help="output folder (default: ./comparison)")
     c.set_defaults(func=_compare)
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from moltune.validation.diagnose import DiagnoseConfig, run_diagnosis
+    from dataclasses import replace
 
-    cfg = DiagnoseConfig()
+    from moltune.validation import logs
+    from moltune.validation.diagnose import run_diagnosis
+
+    _finite("--explosion-kT", args.explosion_kT)
+    if args.explosion_kT is not None and args.explosion_kT <= 0:
+        raise InvalidInputError(f"--explosion-kT {args.explosion_kT}: must be > 0")
+    if args.min_val_samples is not None and args.min_val_samples < 0:
+        raise InvalidInputError(f"--min-val-samples {args.min_val_samples}: must be >= 0")
+    cfg, roles = _roles(args)
     if args.min_val_samples is not None:
-        cfg.min_val_samples = args.min_val_samples
+        cfg = replace(cfg, min_val_samples=args.min_val_samples)
     if args.explosion_kT is not None:
-        cfg.explosion_kT = args.explosion_kT
-    d = run_diagnosis(args.run, args.out, cfg, args.wandb_run)
+        cfg = replace(cfg, explosion_kT=args.explosion_kT)
+    run_root = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    if not Path(args.run).exists():
+        logs.load_run(args.run)  # the one-line "no such run" error
+    check_output(args.out or run_root, ("diagnosis.md", "diagnosis.json",
+                                          "plots/diagnosis_loss.png", "plots/diagnosis_energies.png",
+                                          "plots/diagnosis_quality.png"))
+    d = run_diagnosis(args.run, args.out, cfg, args.wandb_run, roles)
     out = args.out or d.run
     for f in d.findings:
         print(f"[{f.severity}] {f.id}: {f.title}")
@@ -78,10 +148,17 @@ def _diagnose(args: argparse.Namespace) -> int:
 
 
 def _overfitting(args: argparse.Namespace) -> int:
+    from moltune.validation import logs
     from moltune.validation.overfitting import run_overfitting
 
+    _finite("--threshold", args.threshold)
+    _, roles = _roles(args)
+    if not Path(args.run).exists():
+        logs.load_run(args.run)
+    run_root = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    check_output(args.out or run_root, ("overfitting.json", "plots/overfitting.png"))
     result, path = run_overfitting(args.run, args.threshold, args.out, args.train_metric,
-                                   args.val_metric, args.mode, args.wandb_run)
+                                   args.val_metric, args.mode, args.wandb_run, roles)
     print(result.message)
     if result.recommended_checkpoint:
         print(f"recommended checkpoint: {result.recommended_checkpoint}")
@@ -92,6 +169,10 @@ def _overfitting(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from moltune.validation.compare import compare_runs, to_markdown, write_comparison
 
+    if not (0 < args.alpha < 1):  # also refuses NaN
+        raise InvalidInputError(f"--alpha {args.alpha}: must be in (0, 1)")
+    check_output(args.out, ("comparison.md", "comparison.csv", "comparison.json", "groups.csv",
+                            "comparison.png"))
     result = compare_runs(args.runs, args.metric, args.reduce, args.reference, args.correction,
                           args.alpha)
     paths = write_comparison(result, args.out)

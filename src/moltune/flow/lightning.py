@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from moltune.flow.losses import transport_terms
 from moltune.physics.units import beta
+from moltune.validation import metrics as mn
 
 
 @dataclass
@@ -275,12 +276,12 @@ class TransportModule(L.LightningModule):
             self.skipped_steps += 1
         sched.step()
         log = {"on_step": True, "on_epoch": False, "batch_size": x.shape[0]}
-        self.log("train/loss", loss.detach().float(), prog_bar=True, **log)
-        self.log("train/loss_forward", loss_f.detach().float(), **log)
-        self.log("train/loss_inverse", loss_i.detach().float(), **log)
-        self.log("train/grad_norm", grad_norm.float(), **log)
-        self.log("train/skipped_steps", self.skipped_steps.float(), **log)
-        self.log("train/lr", torch.tensor(sched.get_last_lr()[0]), **log)
+        self.log(mn.TRAIN_LOSS, loss.detach().float(), prog_bar=True, **log)
+        self.log(mn.TRAIN_LOSS_FORWARD, loss_f.detach().float(), **log)
+        self.log(mn.TRAIN_LOSS_INVERSE, loss_i.detach().float(), **log)
+        self.log(mn.TRAIN_GRAD_NORM, grad_norm.float(), **log)
+        self.log(mn.TRAIN_SKIPPED_STEPS, self.skipped_steps.float(), **log)
+        self.log(mn.TRAIN_LR, torch.tensor(sched.get_last_lr()[0]), **log)
         return loss.detach()
 
     def _record_step0(self, terms, x, y, ts, tt, key: int | None = None) -> None:
@@ -362,16 +363,16 @@ class TransportModule(L.LightningModule):
                 self.log(f"val/acceptance_flow_{tag}", float(acc))
                 self.log(f"val/acceptance_naive_{tag}", float(naive))
         names = {
-            "lf": "val/loss_forward", "li": "val/loss_inverse", "uf": "val/energy_forward_kjmol",
-            "ui": "val/energy_inverse_kjmol", "us": "val/energy_source_ref_kjmol",
-            "ut": "val/energy_target_ref_kjmol", "kts": "val/kT_source_kjmol",
-            "ktt": "val/kT_target_kjmol", "acc": "val/acceptance_flow",
-            "nai": "val/acceptance_naive", "nf": "val/nonfinite_fraction",
-            "rmsd": "val/reconstruction_rmsd_nm",
+            "lf": mn.VAL_LOSS_FORWARD, "li": mn.VAL_LOSS_INVERSE, "uf": mn.VAL_ENERGY_FORWARD,
+            "ui": mn.VAL_ENERGY_INVERSE, "us": mn.VAL_ENERGY_SOURCE_REF,
+            "ut": mn.VAL_ENERGY_TARGET_REF, "kts": mn.VAL_KT_SOURCE,
+            "ktt": mn.VAL_KT_TARGET, "acc": mn.VAL_ACCEPTANCE_FLOW,
+            "nai": mn.VAL_ACCEPTANCE_NAIVE, "nf": mn.VAL_NONFINITE_FRACTION,
+            "rmsd": mn.VAL_RECONSTRUCTION_RMSD,
         }  # fmt: skip
         for k, name in names.items():
             self.log(name, float(np.mean(summary[k])))
-        self.log("val/loss", float(np.mean(summary["lf"]) + np.mean(summary["li"])))
+        self.log(mn.VAL_LOSS, float(np.mean(summary["lf"]) + np.mean(summary["li"])))
         self._val = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

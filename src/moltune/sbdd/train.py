@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
+from moltune.validation import metrics as mn
 from moltune.validation.monitors import MonitorConfig
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ class FinetuneModule(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.model(batch, embeddings=batch["embeddings"])
         b = len(batch["num_lig_atoms"])
-        self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
+        self.log(mn.TRAIN_LOSS, out.loss, on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=b)
         return out.loss
 
@@ -295,9 +296,9 @@ class FinetuneModule(pl.LightningModule):
                                        training=True)
             losses.append(out.loss)
         loss = torch.stack(losses).mean()
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log(mn.VAL_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b)
         # validation set size, for `moltune runs diagnose` (small-validation finding)
-        self.log("val/n_samples", float(b), on_step=False, on_epoch=True, reduce_fx="sum",
+        self.log(mn.VAL_N_SAMPLES, float(b), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
         return loss
 
@@ -323,7 +324,7 @@ class FinetuneModule(pl.LightningModule):
                                    if grads else 0.0)
         total = [p.grad.detach().float().norm(2) for p in self.parameters() if p.grad is not None]
         if total:
-            self.log("train/grad_norm", float(torch.linalg.vector_norm(torch.stack(total))),
+            self.log(mn.TRAIN_GRAD_NORM, float(torch.linalg.vector_norm(torch.stack(total))),
                      on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -62,7 +62,9 @@ def metric_value(path: str | Path, metric: str, reduce: str = "last") -> RunValu
                 return RunValue("", str(path), float(np.nanmean(arr)), f"evaluation {key} (mean)")
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return RunValue("", str(path), float(v), f"evaluation {key}")
-    s = logs.epoch_series(run.metrics, metric)
+    res = run.resolution  # the log's columns were renamed to contract names: follow the metric
+    name = res.rename.get(metric, metric) if res is not None else metric
+    s = logs.epoch_series(run.metrics, name)
     if not len(s):
         raise InvalidInputError(
             f"{path}: metric {metric!r} not logged; logged: "

@@ -1,7 +1,11 @@
 """Diagnosis of a finished (or stopped) run from what it logged: findings ranked by severity.
 
 Every finding comes from one rule function below (``rule_*``), with its thresholds in
-:class:`DiagnoseConfig`; a rule returns a finding only together with the numbers that triggered
+:class:`~moltune.validation.rules.Thresholds` (``DiagnoseConfig``); the checks a monitor also
+makes (energy explosion, gradient norm, quality floor, adapter drift) call the same pure rule of
+:mod:`moltune.validation.rules`. The log's columns are first resolved to contract names
+(:mod:`moltune.validation.metrics`), and each finding's ``columns`` names the columns it read. A
+rule returns a finding only together with the numbers that triggered
 it. Ids and severities are documented in :mod:`moltune.validation.vocabulary`.
 
 Rules (in vocabulary order):
@@ -24,7 +28,9 @@ Rules (in vocabulary order):
   noise is so large that even a ``min_rel_improvement`` gain would sit below
   ``min_improvement_z`` standard errors (a diffusion loss over random timesteps, logged per
   step, in a short fine-tuning run), the run cannot tell: the finding is kept at low severity
-  and says so, unless the learning rate is 0.
+  and says so, unless the learning rate is 0. A positive loss (bounded below by 0) that improves
+  by less than ``min_rel_improvement`` is flagged even when the gain is beyond the noise (high:
+  a learning rate too small to matter). A loss that became non-finite is ``nonfinite`` instead.
 - ``nonfinite``: any logged value NaN / inf.
 - ``adapter_drift``: ``adapter/gamma_mean`` outside ``gamma_range``.
 - ``stopped_by_monitor``: ``stopped.json`` present.
@@ -35,11 +41,13 @@ Rules (in vocabulary order):
   ``volatility_min_jumps`` times.
 - ``overfitting``: validation loss rose more than ``overfit_rise`` (relative) above its best while
   training loss kept falling, or val/train ratio above ``overfit_ratio`` at the end. Downgraded
-  to low when ``small_validation`` holds (the validation signal is then not trustworthy) or a
+  to low when ``small_validation`` or ``quality_collapse`` holds (the validation signal is then
+  not trustworthy, or the rise is the collapse's symptom) or a
   direction explodes (the rise is its symptom).
 - ``direction_asymmetry``: over the run one direction's validation loss fell while the other's
   rose (Kendall tau and relative change, as the asymmetry monitor).
-- ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max``.
+- ``gradient_explosion``: ``train/grad_norm`` above ``grad_norm_max`` or ``grad_spike_factor``
+  times its own median so far.
 - ``monitor_warnings``: warnings in ``redflags.json``.
 - ``no_validation`` / ``short_run``: nothing or too little to judge generalisation / trends.
 - ``healthy``: none of the above at severity medium or worse.
@@ -48,6 +56,7 @@ Rules (in vocabulary order):
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,54 +66,18 @@ import numpy as np
 import pandas as pd
 
 from moltune.common.io import write_text
-from moltune.validation import logs
+from moltune.validation import logs, rules
+from moltune.validation import metrics as mn
 from moltune.validation.monitors import kendall_trend, trend
 from moltune.validation.overfitting import detect_overfitting
+from moltune.validation.rules import Thresholds
 from moltune.validation.serialize import write_strict_json
 from moltune.validation.vocabulary import FINDINGS, SEVERITIES, sort_key
 
-DIRECTIONS = {
-    # direction: (energy of transformed samples, reference mean, kT, per-direction loss)
-    "forward": ("val/energy_forward_kjmol", "val/energy_target_ref_kjmol", "val/kT_target_kjmol",
-                "loss_forward"),
-    "inverse": ("val/energy_inverse_kjmol", "val/energy_source_ref_kjmol", "val/kT_source_kjmol",
-                "loss_inverse"),
-}
-QUALITY_PLOT_METRICS = ("val/connectivity", "val/validity", "val/qed", "val/sa",
-                        "val/acceptance_flow", "val/acceptance_naive")
-
-
-@dataclass
-class DiagnoseConfig:
-    """Thresholds of the rules (see the module docstring)."""
-
-    explosion_kT: float = 1.0e4
-    perfect_reconstruction_nm: float = 1.0e-3
-    default_kT_kjmol: float = 2.494  # 300 K, used only when no kT is logged
-    min_rel_improvement: float = 0.02
-    min_improvement_z: float = 3.0
-    min_train_points: int = 5  # epochs
-    min_train_steps: int = 100  # logged steps, when there are fewer epochs
-    quality_floors: dict[str, float] = field(default_factory=lambda: {
-        "val/connectivity": 0.5, "val/validity": 0.5, "val/acceptance_flow": 0.0})
-    quality_drop: float = 0.5
-    quality_decline: float = 0.15
-    quality_min_best: float = 0.05  # the drop rule needs a best value at least this high
-    min_val_samples: int = 10
-    n_val_keys: tuple[str, ...] = ("n_val", "n_val_samples", "val_size", "num_val", "n_validation",
-                                   "num_val_samples", "val_samples", "n_val_complexes")
-    volatility_factor: float = 5.0
-    volatility_span: float = 10.0
-    volatility_jump: float = 2.0
-    volatility_min_jumps: int = 2
-    overfit_rise: float = 0.10
-    overfit_ratio: float = 10.0
-    overfit_threshold: float = 1.5
-    asymmetry_trend: float = 0.6
-    asymmetry_rel_change: float = 0.05
-    grad_norm_max: float = 1.0e4
-    gamma_range: tuple[float, float] = (0.1, 10.0)
-    min_evaluations: int = 3
+DIRECTIONS = mn.DIRECTIONS
+QUALITY_PLOT_METRICS = (mn.VAL_CONNECTIVITY, mn.VAL_VALIDITY, mn.VAL_QED, mn.VAL_SA,
+                        mn.VAL_ACCEPTANCE_FLOW, mn.VAL_ACCEPTANCE_NAIVE)
+DiagnoseConfig = Thresholds  # the thresholds of every rule, defined once in rules.py
 
 
 @dataclass
@@ -116,6 +89,7 @@ class Finding:
     causes: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
     plot: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # contract name -> the log's column
 
     def __post_init__(self) -> None:
         if self.id not in FINDINGS:
@@ -133,6 +107,7 @@ class Diagnosis:
     findings: list[Finding]
     plots: dict[str, str]
     config: DiagnoseConfig
+    metrics_read: list[str] = field(default_factory=list)
 
     @property
     def ids(self) -> list[str]:
@@ -166,6 +141,16 @@ class _Ctx:
 
     def loss(self, split: str, kind: str = "loss") -> pd.Series:
         return self.es(f"{split}/{kind}")
+
+    def quality_floors(self) -> dict[str, float]:
+        """Higher-is-better validation quality metrics logged, with their floors (configured
+        ones first; any other accuracy-like metric gets ``default_quality_floor``)."""
+        floors = {k: v for k, v in self.cfg.quality_floors.items() if self.has(k)}
+        res = self.run.resolution
+        for name, direction in (res.quality.items() if res is not None else []):
+            if direction == "higher" and name not in floors and self.has(name):
+                floors[name] = self.cfg.default_quality_floor
+        return floors
 
 
 def _f(x: Any) -> Any:
@@ -201,6 +186,24 @@ def _setting(run: logs.RunData, keys: tuple[str, ...]) -> tuple[str, float] | No
         if k.split("/")[-1] in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
             return k, float(v)
     return None
+
+
+def _val_size(ctx: _Ctx) -> tuple[str, float] | None:
+    """(source, validation samples); a fraction (``val_size: 0.25``) times a logged data-set size
+    when there is one, else ``(source + " (fraction)", fraction)``."""
+    ns = _finite(ctx.es(mn.VAL_N_SAMPLES))
+    if len(ns):
+        return mn.VAL_N_SAMPLES, float(ns.iloc[-1])
+    n = _setting(ctx.run, ctx.cfg.n_val_keys)
+    if n is None and ctx.cfg.n_val_keys:  # any other key that names a validation size
+        n = next(((k, float(v)) for k, v in ctx.run.settings.items() if mn.is_val_size_key(k)
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+    if n is None or n[1] <= 0 or n[1] >= 1:
+        return n
+    total = _setting(ctx.run, ctx.cfg.dataset_size_keys)
+    if total is not None and total[1] >= 1:
+        return f"{n[0]} x {total[0]}", n[1] * total[1]
+    return f"{n[0]} (fraction)", n[1]
 
 
 def _rel(a: float, b: float) -> float:
@@ -239,6 +242,8 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
             kt_value, index=energy.index)
         excess = (energy - ref_al) / kt_al
         fin = _finite(excess)
+        verdict = rules.energy_explosion(energy.to_numpy(dtype=float), ref_al.to_numpy(dtype=float),
+                                         kt_al.to_numpy(dtype=float), cfg)
         nonfinite = energy[~np.isfinite(energy.to_numpy(dtype=float))]
         ev |= {f"{e_key}_first": energy.iloc[0], f"{e_key}_max": _finite(energy).max()
                if len(_finite(energy)) else math.nan, f"{e_key}_last": energy.iloc[-1],
@@ -246,10 +251,11 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
         if len(fin):
             ev["excess_kT_max"] = fin.max()
             ev[f"{ctx.unit}_of_max"] = int(fin.idxmax())
-            first = _first_epoch(excess, lambda v: math.isfinite(v) and v > cfg.explosion_kT)
-            if first is not None:
+            above = [p for p in (verdict.positions if verdict else [])
+                     if math.isfinite(float(energy.iloc[p]))]
+            if above:
                 fired = True
-                ev[f"first_{ctx.unit}_above_bound"] = first
+                ev[f"first_{ctx.unit}_above_bound"] = int(energy.index[above[0]])
         if len(nonfinite):
             fired = True
             ev["nonfinite_evaluations"] = len(nonfinite)
@@ -262,8 +268,7 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
         ref_k = float(sibling) if isinstance(sibling, (int, float)) else ref_value
         if not math.isfinite(ref_value) and math.isfinite(ref_k):
             ev[f"evaluation_reference_{ref_word}_kjmol"] = ref_k
-        if not math.isfinite(v) or (math.isfinite(ref_k) and (v - ref_k) / kt_value
-                                    > cfg.explosion_kT):
+        if rules.energy_explosion([v], [ref_k], [kt_value], cfg) is not None:
             fired = True
             if math.isfinite(v) and math.isfinite(ref_k):
                 ev[f"{k}_excess_kT"] = (v - ref_k) / kt_value
@@ -325,14 +330,15 @@ def rule_explosion(ctx: _Ctx, direction: str) -> Finding | None:
 def rule_quality_collapse(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
     worst: Finding | None = None
-    for metric, floor in cfg.quality_floors.items():
+    for metric, floor in ctx.quality_floors().items():
         s = ctx.es(metric)
         if len(s) < 2:
             continue
         v = s.fillna(0.0)
         best_epoch = int(v.idxmax())
         best, last = float(v.max()), float(v.iloc[-1])
-        below = last < floor and best >= floor
+        below = rules.violates_now(rules.quality_floor(v.to_numpy(), floor, cfg), len(v)) \
+            and best >= floor  # it fell below after reaching it
         dropped = best >= cfg.quality_min_best and last < best * (1 - cfg.quality_drop)
         if not (below or dropped):
             continue
@@ -382,7 +388,7 @@ def rule_quality_decline(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
     if rule_quality_collapse(ctx) is not None:
         return None  # the stronger finding covers it
-    for metric in cfg.quality_floors:
+    for metric in ctx.quality_floors():
         v = ctx.es(metric).fillna(0.0)
         if len(v) < 2:
             continue
@@ -409,7 +415,10 @@ def rule_quality_decline(ctx: _Ctx) -> Finding | None:
 
 def rule_not_learning(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
-    steps_s = _finite(logs.step_series(ctx.m, "train/loss"))
+    raw = logs.step_series(ctx.m, "train/loss")
+    if len(raw) and not np.isfinite(raw.to_numpy(dtype=float)).all():
+        return None  # the loss diverged (the nonfinite finding), which is not "not learning"
+    steps_s = _finite(raw)
     epoch_s = _finite(ctx.loss("train"))
     # epoch means average out batch-to-batch noise; steps only when there are too few epochs
     if len(epoch_s) >= cfg.min_train_points:
@@ -426,13 +435,21 @@ def rule_not_learning(ctx: _Ctx) -> Finding | None:
     noise = float(np.std(np.diff(v), ddof=1) / math.sqrt(2)) if len(v) > 2 else math.nan
     se = noise * math.sqrt(2 / k)
     z = (head - tail) / se if se > 0 else (math.inf if head > tail else 0.0)
-    if improvement >= cfg.min_rel_improvement or z >= cfg.min_improvement_z:
+    # a loss bounded below by 0 (MSE, cross-entropy) must improve by a relative amount: a steady
+    # 0.3% gain is a learning rate too small to matter, however far beyond the noise; a loss
+    # with an offset (an NLL near -300) is judged in standard errors only
+    positive = bool((v > 0).all())
+    if improvement >= cfg.min_rel_improvement or (z >= cfg.min_improvement_z and not positive):
         return None
+    resolved_small = z >= cfg.min_improvement_z
     ev: dict[str, Any] = {"train/loss_start_mean": head, "train/loss_end_mean": tail,
                           "relative_improvement": improvement, "min_rel_improvement":
                           cfg.min_rel_improvement, "improvement_z": z, "min_improvement_z":
                           cfg.min_improvement_z, "n_points": len(v), "train/loss_min": float(v.min())}
     lr = _setting(ctx.run, ("lr", "learning_rate", "learning-rate"))
+    logged_lr = _finite(logs.step_series(ctx.m, mn.TRAIN_LR))
+    if lr is None and len(logged_lr):
+        lr = (mn.TRAIN_LR, float(np.median(logged_lr)))
     if lr is not None:
         ev[lr[0]] = lr[1]
     gn = _finite(logs.step_series(ctx.m, "train/grad_norm"))
@@ -444,6 +461,17 @@ def rule_not_learning(ctx: _Ctx) -> Finding | None:
     ev["resolvable_improvement"] = cfg.min_improvement_z * se
     if lr is not None and lr[1] == 0:
         title += f"; learning rate is 0 ({lr[0]})"
+    elif resolved_small and improvement > 0:
+        title = (f"Training loss improved only {improvement:.2%} over the run ({head:.4g} -> "
+                 f"{tail:.4g}, {len(v)} logged values): steady but too small to matter")
+        if lr is not None:
+            title += f" (learning rate {lr[1]:.3g})"
+        causes = ["learning rate far too small (the loss moves, but by a fraction of a percent)",
+                  "most parameters frozen or a tiny learning-rate multiplier on them",
+                  "a schedule that decays the learning rate to ~0 at the start"]
+        steps = ["raise the learning rate by 10-100x (an LR range test finds it)",
+                 "check which parameters the optimizer holds and their learning rates"]
+        return Finding("not_learning", "high", title, ev, causes, steps, "loss")
     elif cfg.min_improvement_z * se > smallest:
         title = (f"Training loss too noisy to tell whether it improved: {head:.4g} -> {tail:.4g}"
                  f" over {len(v)} logged values; a {cfg.min_rel_improvement:.0%} gain "
@@ -524,10 +552,11 @@ def rule_small_validation(ctx: _Ctx) -> Finding | None:
     cfg = ctx.cfg
     ev: dict[str, Any] = {}
     reasons = []
-    n = _setting(ctx.run, cfg.n_val_keys)
-    ns = _finite(ctx.es("val/n_samples"))
-    if len(ns):
-        n = ("val/n_samples", float(ns.iloc[-1]))
+    n = _val_size(ctx)
+    if n is not None and n[1] < 1 and "fraction" in n[0]:
+        ev["validation_fraction"] = n[1]
+        ev["source"] = n[0].split(" ")[0]
+        n = None  # a fraction of an unknown data set is no sample count
     if n is not None:
         ev["n_validation_samples"] = n[1]
         ev["source"] = n[0]
@@ -574,12 +603,22 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
     train_drop = -_rel(float(train.loc[best_epoch]), float(train.iloc[-1]))
     positive = bool((train > 0).all() and (val > 0).all())
     ratio_last = float(val.iloc[-1] / train.iloc[-1]) if positive else math.nan
-    diverging = rise > cfg.overfit_rise and train_drop > 0.01
+    # the rise must stand out of the validation loss's own noise (robust, from second
+    # differences: a noisy but healthy run's last value sits above its luckiest minimum)
+    v = val.to_numpy(dtype=float)
+    d2 = np.diff(v, n=2)
+    noise = (1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6)
+             if len(d2) >= 3 else 0.0)
+    k = max(1, min(3, len(v) // 4))
+    tail = float(np.mean(v[-k:]))
+    standout = (tail - best) > 3.0 * noise
+    diverging = rise > cfg.overfit_rise and train_drop > 0.01 and standout
     ratio_high = positive and ratio_last > cfg.overfit_ratio
     if not (diverging or ratio_high):
         return None
     u = ctx.unit
     ev: dict[str, Any] = {"val/loss_best": best, f"best_{u}": best_epoch, "val/loss_last": last,
+                          "val/loss_noise": noise,
                           "val_rise_from_best": rise, f"train/loss_at_best_{u}": train.loc[best_epoch],
                           "train/loss_last": train.iloc[-1], "train_drop_after_best": train_drop}
     if positive:
@@ -602,6 +641,9 @@ def rule_overfitting(ctx: _Ctx) -> Finding | None:
     elif {"inverse_explosion", "forward_explosion"} & set(ctx.found):
         severity = "low"
         title += " (likely a symptom of the exploding direction, not of overfitting)"
+    elif "quality_collapse" in ctx.found:
+        severity = "low"
+        title += " (a symptom of the quality collapse, not overfitting)"
     causes = ["too little training data for the model's capacity", "too many epochs",
               "too little regularisation (weight decay, dropout, augmentation)"]
     steps = [(f"use the checkpoint of {u} {ev.get(f'recommended_{u}', best_epoch)} "
@@ -632,15 +674,25 @@ def rule_asymmetry(ctx: _Ctx) -> Finding | None:
 
 
 def rule_grad(ctx: _Ctx) -> Finding | None:
-    g = _finite(logs.step_series(ctx.m, "train/grad_norm"))
-    if not len(g) or g.max() <= ctx.cfg.grad_norm_max:
+    g = _finite(logs.step_series(ctx.m, mn.TRAIN_GRAD_NORM))
+    v = rules.gradient_explosion(g.to_numpy(dtype=float), ctx.cfg)
+    if v is None:
         return None
+    med = float(np.median(g))
     ev = {"train/grad_norm_max": g.max(), "step_of_max": int(g.idxmax()),
-          "train/grad_norm_median": float(np.median(g)), "bound": ctx.cfg.grad_norm_max}
+          "train/grad_norm_median": med, "max_over_median": float(g.max() / med) if med > 0
+          else math.inf, "first_violation_step": int(g.index[v.at]),
+          "violations": len(v.positions), "bound": ctx.cfg.grad_norm_max,
+          "spike_factor_bound": ctx.cfg.grad_spike_factor}
     return Finding("gradient_explosion", "medium",
-                   f"Gradient norm reached {g.max():.3g} (bound {ctx.cfg.grad_norm_max:g}) at step "
-                   f"{int(g.idxmax())}", ev, ["learning rate too high", "ill-conditioned loss"],
-                   ["clip gradients", "lower the learning rate"], "loss")
+                   f"Gradient norm reached {g.max():.3g} at step {int(g.idxmax())}, "
+                   f"{g.max() / med:.3g}x the run's median {med:.3g} ({len(v.positions)} step(s) "
+                   f"past the bound {ctx.cfg.grad_norm_max:g} or {ctx.cfg.grad_spike_factor:g}x "
+                   "the median so far)", ev,
+                   ["learning rate too high", "outlier batches (unnormalised inputs, bad labels)",
+                    "ill-conditioned loss"],
+                   ["clip gradients (gradient_clip_val)", "normalise inputs and look for outlier "
+                    "samples at the spiking steps", "lower the learning rate"], "loss")
 
 
 def rule_monitor_warnings(ctx: _Ctx) -> Finding | None:
@@ -660,12 +712,24 @@ def rule_no_validation(ctx: _Ctx) -> Finding | None:
     if ctx.has("val/loss"):
         return None
     ev = {"metrics_logged": len(ctx.m["metric"].unique()), "val/loss_logged": False}
+    res = ctx.run.resolution
+    unassigned = list(res.unassigned_validation) if res is not None else []
+    if unassigned:
+        ev["validation_columns_not_assigned"] = ", ".join(unassigned)
+        return Finding("no_validation", "medium",
+                       f"Validation was logged ({', '.join(unassigned)}) but no column could be "
+                       "assigned the validation-loss role: generalisation was not judged", ev,
+                       ["several validation losses and none named plainly 'loss'"],
+                       [f"name it: --metric val_loss={unassigned[0]} (or metrics: in a YAML "
+                        "file given with --config)"], None)
     return Finding("no_validation", "medium", "No validation loss logged: generalisation cannot be "
                    "judged", ev, ["no validation dataloader, or val/loss logged under another name"],
                    ["log val/loss on a held-out set"], None)
 
 
 def rule_short_run(ctx: _Ctx) -> Finding | None:
+    if "nonfinite" in ctx.found:
+        return None  # the run diverged: that, not its length, is why trends cannot be judged
     n = len(_finite(ctx.loss("val"))) or len(_finite(ctx.loss("train")))
     if n >= ctx.cfg.min_evaluations:
         return None
@@ -742,9 +806,10 @@ def summary(ctx: _Ctx) -> dict[str, Any]:
     g = _finite(logs.step_series(ctx.m, "train/grad_norm"))
     if len(g):
         s["train/grad_norm max"] = _num(g.max())
-    n = _setting(ctx.run, ctx.cfg.n_val_keys)
+    n = _val_size(ctx)
     if n is not None:
-        s["validation samples"] = f"{int(n[1])} ({n[0]})"
+        s["validation samples"] = (f"fraction {n[1]:g} ({n[0]})" if "fraction" in n[0]
+                                   else f"{int(n[1])} ({n[0]})")
     if ctx.run.stopped:
         s["stopped"] = f"{ctx.run.stopped.get('monitor')} at step {ctx.run.stopped.get('step')}"
     s["checkpoints"] = len(ctx.run.checkpoints)
@@ -810,12 +875,44 @@ def diagnose_run(run: logs.RunData, cfg: DiagnoseConfig | None = None,
     findings.sort(key=lambda f: sort_key(f.id, f.severity))
     for f in findings:
         f.evidence = {k: _f(v) for k, v in f.evidence.items()}
+        f.columns = _columns_named(f.evidence, run)
+        for name, column in f.columns.items():  # titles speak the log's own names
+            if column != name:
+                f.title = re.sub(re.escape(name) + r"(?![\w/])", column, f.title)
     plots = make_plots(ctx, plot_dir) if plot_dir is not None else {}
     for f in findings:
         f.plot = plots.get(f.plot) if f.plot else None
         if f.plot:
             f.plot = f"plots/{f.plot}"
-    return Diagnosis(str(run.path), summary(ctx), findings, plots, cfg)
+    return Diagnosis(str(run.path), summary(ctx), findings, plots, cfg, _metrics_read(run))
+
+
+def _columns_named(evidence: dict[str, Any], run: logs.RunData) -> dict[str, str]:
+    """Contract name -> the log's own column, for every metric an evidence key is about."""
+    res = run.resolution
+    if res is None:
+        return {}
+    names = sorted({mn._base(n) for n in res.rename.values()}, key=len, reverse=True)
+    out: dict[str, str] = {}
+    for key in evidence:
+        hit = next((n for n in names if key == n or key.startswith((n + "_", n + ":"))), None)
+        if hit is not None:
+            out[hit] = next(c for c, n in res.rename.items() if mn._base(n) == hit)
+    return out
+
+
+def _metrics_read(run: logs.RunData) -> list[str]:
+    res = run.resolution
+    if res is None:
+        return []
+    lines = ["## Metrics read", "", "| role | column |", "|---|---|"]
+    lines += [f"| {role} | `{col}` |" for role, col in res.roles.items()]
+    lines += ["", "Columns not used: " + (", ".join(f"`{c}`" for c in res.unused) or "none")]
+    if res.unassigned_validation:
+        lines += ["", "Validation-looking columns not assigned a role: "
+                  + ", ".join(f"`{c}`" for c in res.unassigned_validation)
+                  + " (assign one with `--metric val_loss=COLUMN`)"]
+    return lines + [""]
 
 
 def to_markdown(d: Diagnosis) -> str:
@@ -827,9 +924,12 @@ def to_markdown(d: Diagnosis) -> str:
         lines += [f"**{len(serious)} problem(s) found. Most severe: {d.findings[0].title}.**", ""]
     lines += ["## Key figures", "", "| figure | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in d.summary.items()]
-    lines += ["", "## Findings (most severe first)", ""]
+    lines += [""] + d.metrics_read + ["## Findings (most severe first)", ""]
     for i, f in enumerate(d.findings, 1):
         lines += [f"### {i}. [{f.severity.upper()}] {f.title}", "", f"id: `{f.id}`", ""]
+        if f.columns:
+            lines += ["columns: " + ", ".join(f"`{c}`" + (f" (as {n})" if c != n else "")
+                                               for n, c in f.columns.items()), ""]
         if f.evidence:
             lines += ["| evidence | value |", "|---|---|"]
             lines += [f"| `{k}` | {v} |" for k, v in f.evidence.items()]
@@ -848,9 +948,12 @@ def to_markdown(d: Diagnosis) -> str:
 
 
 def run_diagnosis(path: str | Path, out: str | Path | None = None, cfg: DiagnoseConfig | None = None,
-                  wandb_run: str | None = None) -> Diagnosis:
-    """Read a run folder (or log), diagnose it, write diagnosis.md, diagnosis.json and plots."""
-    run = logs.load_run(path, wandb_run)
+                  wandb_run: str | None = None, metrics: dict[str, str] | None = None) -> Diagnosis:
+    """Read a run folder (or log), diagnose it, write diagnosis.md, diagnosis.json and plots.
+
+    ``metrics``: {contract name: column} overrides (see :func:`moltune.validation.metrics.
+    parse_overrides`)."""
+    run = logs.load_run(path, wandb_run, metrics)
     out_dir = Path(out) if out is not None else run.path
     d = diagnose_run(run, cfg, out_dir / "plots")
     write_strict_json(out_dir / "diagnosis.json", d.as_json())

@@ -159,14 +159,34 @@ def _is_lightning_csv(path: Path) -> bool:
 
 
 def read_metrics(path: str | Path, run: str | None = None) -> pd.DataFrame:
-    """Read any supported log (file or folder) into the tidy table; the format is detected."""
+    """Read any supported log (file or folder) into the tidy table; the format is detected.
+
+    A binary, undecodable or unreadable file is a one-line :class:`InvalidInputError` /
+    :class:`InputFileError`."""
     path = Path(path)
+    try:
+        return _read_metrics(path, run)
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{path}: not a text log (binary or undecodable at byte "
+                                f"{exc.start})") from exc
+    except csv.Error as exc:
+        raise InvalidInputError(f"{path}: not a readable CSV log ({exc})") from exc
+    except IsADirectoryError as exc:
+        raise InputFileError(f"{exc.filename}: a folder where a log file was expected") from exc
+    except PermissionError as exc:
+        raise InputFileError(f"{exc.filename or path}: permission denied") from exc
+
+
+def _read_metrics(path: Path, run: str | None) -> pd.DataFrame:
     if not path.exists():
         raise InputFileError(f"{path}: no such file or folder")
     if path.is_file():
         if path.name.startswith("events.out.tfevents"):
             return read_tensorboard(path)
-        if path.suffix == ".csv":
+        if path.suffix == ".csv" or (path.suffix == ".log" and _csv_header(path)):
+            with open(path, "rb") as fh:
+                if b"\x00" in fh.read(1 << 20):
+                    raise InvalidInputError(f"{path}: not a text log (holds NUL bytes: binary)")
             return read_lightning_csv(path) if _is_lightning_csv(path) else read_wandb_csv(path, run)
         raise InvalidInputError(f"{path}: unknown log format (want .csv or TensorBoard events)")
     found = locate_log(path)
@@ -176,7 +196,7 @@ def read_metrics(path: str | Path, run: str | None = None) -> pd.DataFrame:
         )
     if found.is_dir():
         return read_tensorboard(found)
-    return read_metrics(found, run)
+    return _read_metrics(found, run)
 
 
 def _version_key(p: Path) -> int:
@@ -199,7 +219,18 @@ def locate_log(folder: Path) -> Path | None:
     csvs = sorted(folder.glob("*.csv"))
     if len(csvs) == 1:
         return csvs[0]
-    return None
+    keras = [p for p in sorted(folder.glob("*.log")) if _csv_header(p)]  # Keras CSVLogger
+    return keras[0] if len(keras) == 1 else None
+
+
+def _csv_header(path: Path) -> bool:
+    """True when a text file starts with a CSV header naming an ``epoch`` column."""
+    try:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return "epoch" in header and len(header) > 1
 
 
 def has_metric(tidy: pd.DataFrame, name: str) -> bool:
@@ -333,6 +364,26 @@ def first_step_of_epoch_value(tidy: pd.DataFrame, name: str, epoch: int) -> int 
     return None
 
 
+def fill_epochs(tidy: pd.DataFrame) -> pd.DataFrame:
+    """A log without epochs (a plain TensorBoard ``SummaryWriter``, a W&B panel export): number
+    the validations 0, 1, ... and give every row the number of the validation that closes its
+    window (training steps before validation step s belong to it), so training and validation
+    values align per evaluation."""
+    if not len(tidy) or not tidy["epoch"].isna().all():
+        return tidy
+    evals = evaluation_steps(tidy)
+    if len(evals) == 0:
+        return tidy
+    out = tidy.copy()
+    # as in window_series: the evaluation after s training steps (logged at s) closes [prev, s)
+    out["epoch"] = np.searchsorted(evals, out["step"].to_numpy(), side="right").astype(float)
+    is_val = out["metric"].str.startswith("val/").to_numpy()
+    if is_val.any():
+        # several validation rows at one step keep that evaluation's number
+        out.loc[is_val, "epoch"] = np.searchsorted(evals, out.loc[is_val, "step"].to_numpy())
+    return out
+
+
 # --------------------------------------------------------------------------- run folders
 
 
@@ -349,6 +400,7 @@ class RunData:
     stopped: dict[str, Any] | None = None
     redflags: list[dict[str, Any]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    resolution: Any = None  # metrics.Resolution: which log column fills which role
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -407,9 +459,15 @@ def _load_json(path: Path) -> Any:
         raise InvalidInputError(f"{path}: unreadable JSON ({exc})") from exc
 
 
-def load_run(path: str | Path, run: str | None = None) -> RunData:
+def load_run(path: str | Path, run: str | None = None,
+             overrides: dict[str, str] | None = None) -> RunData:
     """Read a run folder: metrics (any supported log), config.yaml, hparams.yaml, evaluation
-    ``metrics.json`` files (flattened), stopped.json, redflags.json and checkpoints."""
+    ``metrics.json`` files (flattened), stopped.json, redflags.json and checkpoints.
+
+    The log's column names are resolved to contract names (:func:`moltune.validation.metrics.
+    resolve`, ``overrides`` {contract name: column} first); ``resolution`` says what was read."""
+    from moltune.validation import metrics as names
+
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path}: no such run folder or log file")
@@ -437,8 +495,10 @@ def load_run(path: str | Path, run: str | None = None) -> RunData:
     stopped = _load_json(root / "stopped.json") if (root / "stopped.json").is_file() else None
     redflags = _load_json(root / "redflags.json") if (root / "redflags.json").is_file() else []
     checkpoints = sorted(set(root.glob("checkpoints/*.ckpt")) | set(log_dir.glob("checkpoints/*.ckpt")))
+    resolution = names.resolve(set(metrics["metric"].unique()), overrides)
+    metrics = fill_epochs(names.apply(metrics, resolution))
     return RunData(root, log_path, metrics, config, hparams, evaluation, stopped,
-                   redflags if isinstance(redflags, list) else [], checkpoints)
+                   redflags if isinstance(redflags, list) else [], checkpoints, resolution)
 
 
 _CKPT_EPOCH = re.compile(r"epoch=(\d+)")

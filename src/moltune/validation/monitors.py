@@ -2,9 +2,11 @@
 
 Each monitor reads only what the trainer logs (``trainer.callback_metrics``, with the metric names
 of the contract) or the gradients Lightning hands to ``on_before_optimizer_step``; none knows the
-model. Thresholds live in :class:`MonitorConfig` (one nested dataclass per monitor, each with
-``action: warn|stop``, ``patience`` — consecutive violations before it fires — and
-``start_epoch``).
+model. Each monitor runs the rule of :mod:`moltune.validation.rules` that the diagnosis runs on
+the whole run, on the history so far, and fires when the newest value violates it; the defaults
+of :class:`MonitorConfig` (one nested dataclass per monitor, each with ``action: warn|stop``,
+``patience`` — consecutive violations before it fires — and ``start_epoch``) are the shared
+:class:`~moltune.validation.rules.Thresholds`.
 
 A monitor that fires with ``action="stop"``:
 
@@ -32,7 +34,7 @@ import os
 import time
 import weakref
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +42,9 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from moltune.common.io import write_text
+from moltune.validation import metrics as mn
+from moltune.validation import rules
+from moltune.validation.rules import DEFAULTS
 from moltune.validation.serialize import write_strict_json
 
 log = logging.getLogger(__name__)
@@ -63,12 +68,12 @@ class NonFiniteConfig:
     patience: int = 1
     start_epoch: int = 0
     metrics: list[str] = field(default_factory=lambda: [
-        "train/loss", "train/loss_forward", "train/loss_inverse",
-        "val/loss", "val/loss_forward", "val/loss_inverse",
-        "val/energy_forward_kjmol", "val/energy_inverse_kjmol", "train/grad_norm",
+        mn.TRAIN_LOSS, mn.TRAIN_LOSS_FORWARD, mn.TRAIN_LOSS_INVERSE,
+        mn.VAL_LOSS, mn.VAL_LOSS_FORWARD, mn.VAL_LOSS_INVERSE,
+        mn.VAL_ENERGY_FORWARD, mn.VAL_ENERGY_INVERSE, mn.TRAIN_GRAD_NORM,
     ])
     check_gradients: bool = True
-    max_nonfinite_fraction: float = 0.5  # of val/nonfinite_fraction
+    max_nonfinite_fraction: float = DEFAULTS.max_nonfinite_fraction  # of val/nonfinite_fraction
     train_patience: int = 3  # consecutive non-finite training batches (trainers may skip one)
 
 
@@ -80,13 +85,11 @@ class EnergyExplosionConfig:
     action: Action = "stop"
     patience: int = 1
     start_epoch: int = 0
-    max_kT: float = 1.0e4
+    max_kT: float = DEFAULTS.explosion_kT
     default_kT_kjmol: float | None = None  # used when the trainer logs no kT metric
     # direction -> (energy of transformed samples, reference mean, kT), all kJ/mol
     directions: dict[str, list[str]] = field(default_factory=lambda: {
-        "forward": ["val/energy_forward_kjmol", "val/energy_target_ref_kjmol", "val/kT_target_kjmol"],
-        "inverse": ["val/energy_inverse_kjmol", "val/energy_source_ref_kjmol", "val/kT_source_kjmol"],
-    })
+        d: list(names[:3]) for d, names in mn.DIRECTIONS.items()})
 
 
 @dataclass
@@ -102,23 +105,25 @@ class AsymmetryConfig:
     patience: int = 1
     start_epoch: int = 0
     window: int = 5
-    min_trend: float = 0.6
-    min_rel_change: float = 0.05
+    min_trend: float = DEFAULTS.asymmetry_trend
+    min_rel_change: float = DEFAULTS.asymmetry_rel_change
     pairs: list[list[str]] = field(default_factory=lambda: [
-        ["val/loss_forward", "val/loss_inverse"],
-        ["val/energy_forward_kjmol", "val/energy_inverse_kjmol"],
+        [mn.VAL_LOSS_FORWARD, mn.VAL_LOSS_INVERSE],
+        [mn.VAL_ENERGY_FORWARD, mn.VAL_ENERGY_INVERSE],
     ])
 
 
 @dataclass
 class GradNormConfig:
-    """Gradient L2 norm (over all parameters, before clipping) above ``max_norm``."""
+    """Gradient L2 norm (over all parameters, before clipping) above ``max_norm``, or
+    ``spike_factor`` times its own median so far."""
 
     enabled: bool = True
     action: Action = "warn"
     patience: int = 1
     start_epoch: int = 0
-    max_norm: float = 1.0e4
+    max_norm: float = DEFAULTS.grad_norm_max
+    spike_factor: float = DEFAULTS.grad_spike_factor
 
 
 @dataclass
@@ -130,9 +135,9 @@ class LossRatioConfig:
     action: Action = "warn"
     patience: int = 1
     start_epoch: int = 0
-    max_ratio: float = 10.0
-    train_metric: str = "train/loss"
-    val_metric: str = "val/loss"
+    max_ratio: float = DEFAULTS.overfit_ratio
+    train_metric: str = mn.TRAIN_LOSS
+    val_metric: str = mn.VAL_LOSS
 
 
 @dataclass
@@ -143,7 +148,8 @@ class QualityFloorConfig:
     action: Action = "stop"
     patience: int = 1
     start_epoch: int = 0
-    floors: dict[str, float] = field(default_factory=lambda: {"val/connectivity": 0.5})
+    floors: dict[str, float] = field(default_factory=lambda: {
+        mn.VAL_CONNECTIVITY: DEFAULTS.quality_floors[mn.VAL_CONNECTIVITY]})
 
 
 @dataclass
@@ -154,9 +160,9 @@ class AdapterDriftConfig:
     action: Action = "stop"
     patience: int = 1
     start_epoch: int = 0
-    metric: str = "adapter/gamma_mean"
-    low: float = 0.1
-    high: float = 10.0
+    metric: str = mn.ADAPTER_GAMMA_MEAN
+    low: float = DEFAULTS.gamma_range[0]
+    high: float = DEFAULTS.gamma_range[1]
 
 
 @dataclass
@@ -298,10 +304,15 @@ def _as_float(value: Any) -> float | None:
 
 
 def logged(trainer, name: str) -> float | None:
-    """Latest logged value of ``name`` (resolving Lightning's ``_step`` / ``_epoch`` suffixes)."""
+    """Latest logged value of ``name`` (resolving Lightning's ``_step`` / ``_epoch`` suffixes);
+    a module that logs under other conventions (``val_loss``, ``loss/val``) is read through
+    :func:`moltune.validation.metrics.contract_name`."""
     metrics = trainer.callback_metrics
     for key in (name, f"{name}_step", f"{name}_epoch"):
         if key in metrics:
+            return _as_float(metrics[key])
+    for key in metrics:
+        if mn.contract_name(key) == name:
             return _as_float(metrics[key])
     return None
 
@@ -486,12 +497,15 @@ class EnergyExplosionMonitor(RedFlagMonitor):
 
     name = "energy_explosion"
 
-    def __init__(self, max_kT: float = 1.0e4, directions: dict[str, list[str]] | None = None,
+    def __init__(self, max_kT: float = DEFAULTS.explosion_kT,
+                 directions: dict[str, list[str]] | None = None,
                  default_kT_kjmol: float | None = None, **kw):
         super().__init__(**kw)
         self.max_kT = float(max_kT)
         self.directions = directions or EnergyExplosionConfig().directions
         self.default_kT_kjmol = default_kT_kjmol
+        self.thresholds = replace(DEFAULTS, explosion_kT=self.max_kT)
+        self.history: dict[str, list[tuple[float, float, float]]] = {}
 
     def check(self, trainer, pl_module, hook):
         for direction, (e_key, ref_key, kt_key) in self.directions.items():
@@ -499,13 +513,13 @@ class EnergyExplosionMonitor(RedFlagMonitor):
             kt = self.default_kT_kjmol if kt is None else kt
             if e is None or ref is None or kt is None or not kt > 0 or math.isnan(e):
                 continue
-            excess = (e - ref) / kt
-            if excess > self.max_kT:
-                return (
-                    (f"{direction} direction: mean energy {e:.4g} kJ/mol is {excess:.3g} kT above the "
-                    f"reference mean {ref:.4g} kJ/mol (bound {self.max_kT:g} kT)"),
-                    {e_key: e, ref_key: ref, kt_key: kt, "excess_kT": excess},
-                )
+            hist = self.history.setdefault(direction, [])
+            hist.append((e, ref, kt))
+            v = rules.energy_explosion(*zip(*hist), self.thresholds)
+            if rules.violates_now(v, len(hist)):
+                excess = (e - ref) / kt
+                return (f"{direction} direction: {v.newest.message}",
+                        {e_key: e, ref_key: ref, kt_key: kt, "excess_kT": excess})
         return None
 
 
@@ -581,10 +595,14 @@ class GradNormMonitor(RedFlagMonitor):
     name = "grad_norm"
     hooks = ("before_optimizer_step", "train_batch_end")
 
-    def __init__(self, max_norm: float = 1.0e4, metric: str = "train/grad_norm", **kw):
+    def __init__(self, max_norm: float = DEFAULTS.grad_norm_max, metric: str = mn.TRAIN_GRAD_NORM,
+                 spike_factor: float = DEFAULTS.grad_spike_factor, **kw):
         super().__init__(**kw)
         self.max_norm = float(max_norm)
         self.metric = metric
+        self.thresholds = replace(DEFAULTS, grad_norm_max=self.max_norm,
+                                  grad_spike_factor=float(spike_factor))
+        self.history: list[float] = []
         self._use_metric = False
 
     def check(self, trainer, pl_module, hook):
@@ -594,8 +612,10 @@ class GradNormMonitor(RedFlagMonitor):
                 return None
         else:
             g = grad_norm(pl_module)
-        if math.isfinite(g) and g > self.max_norm:
-            return f"gradient L2 norm {g:.4g} above bound {self.max_norm:g}", {"grad_norm": g}
+        self.history.append(g)
+        v = rules.gradient_explosion(self.history, self.thresholds)
+        if rules.violates_now(v, len(self.history)):
+            return v.newest.message, v.newest.values
         return None
 
     def _evaluate(self, trainer, pl_module, hook):
@@ -613,10 +633,12 @@ class LossRatioMonitor(RedFlagMonitor):
     name = "loss_ratio"
     hooks = ("train_batch_end", "validation_end")
 
-    def __init__(self, max_ratio: float = 10.0, train_metric: str = "train/loss",
-                 val_metric: str = "val/loss", **kw):
+    def __init__(self, max_ratio: float = DEFAULTS.overfit_ratio, train_metric: str = mn.TRAIN_LOSS,
+                 val_metric: str = mn.VAL_LOSS, **kw):
         super().__init__(**kw)
         self.max_ratio = float(max_ratio)
+        self.thresholds = replace(DEFAULTS, overfit_ratio=self.max_ratio)
+        self.history: list[tuple[float, float]] = []
         self.train_metric = train_metric
         self.val_metric = val_metric
         self._train: list[float] = []
@@ -625,7 +647,10 @@ class LossRatioMonitor(RedFlagMonitor):
         if hook == "train_batch_end":
             metrics = trainer.callback_metrics
             v = None
-            for key in (f"{self.train_metric}_step", self.train_metric):
+            keys = [f"{self.train_metric}_step", self.train_metric] + [
+                k for k in metrics if mn.contract_name(k) == self.train_metric
+                and not k.endswith("_epoch")]
+            for key in keys:
                 if key in metrics:
                     v = _as_float(metrics[key])
                     break
@@ -640,10 +665,10 @@ class LossRatioMonitor(RedFlagMonitor):
             return None
         train = float(np.mean(self._train))
         self._train = []  # next evaluation compares with the training loss since this one
-        if train <= 0 or val <= 0:
-            return None
-        ratio = val / train
-        if ratio > self.max_ratio:
+        self.history.append((train, val))
+        v = rules.loss_ratio(*zip(*self.history), self.thresholds)
+        if rules.violates_now(v, len(self.history)):
+            ratio = v.newest.values["ratio"]
             return ((f"{self.val_metric} {val:.4g} is {ratio:.3g}x the mean {self.train_metric} "
                     f"{train:.4g} (bound {self.max_ratio:g}x)"),
                     {self.val_metric: val, self.train_metric: train, "ratio": ratio})
@@ -666,11 +691,17 @@ class QualityFloorMonitor(RedFlagMonitor):
     def __init__(self, floors: dict[str, float] | None = None, **kw):
         super().__init__(**kw)
         self.floors = dict(QualityFloorConfig().floors if floors is None else floors)
+        self.history: dict[str, list[float]] = {}
 
     def check(self, trainer, pl_module, hook):
         for key, floor in self.floors.items():
             v = logged(trainer, key)
-            if v is not None and (math.isnan(v) or v < floor):
+            if v is None:
+                continue
+            hist = self.history.setdefault(key, [])
+            hist.append(v)
+            verdict = rules.quality_floor(hist, floor, DEFAULTS)
+            if rules.violates_now(verdict, len(hist)):
                 return f"{key} = {v:.4g} below its floor {floor:g}", {key: v, "floor": floor}
         return None
 
@@ -681,13 +712,20 @@ class AdapterDriftMonitor(RedFlagMonitor):
     name = "adapter_drift"
     hooks = ("train_epoch_end", "validation_end")
 
-    def __init__(self, metric: str = "adapter/gamma_mean", low: float = 0.1, high: float = 10.0, **kw):
+    def __init__(self, metric: str = mn.ADAPTER_GAMMA_MEAN, low: float = DEFAULTS.gamma_range[0],
+                 high: float = DEFAULTS.gamma_range[1], **kw):
         super().__init__(**kw)
         self.metric, self.low, self.high = metric, float(low), float(high)
+        self.thresholds = replace(DEFAULTS, gamma_range=(self.low, self.high))
+        self.history: list[float] = []
 
     def check(self, trainer, pl_module, hook):
         v = logged(trainer, self.metric)
-        if v is not None and not (self.low <= v <= self.high):
+        if v is None:
+            return None
+        self.history.append(v)
+        verdict = rules.adapter_drift(self.history, self.thresholds)
+        if rules.violates_now(verdict, len(self.history)):
             return (f"{self.metric} = {v:.4g} outside [{self.low:g}, {self.high:g}]",
                     {self.metric: v, "low": self.low, "high": self.high})
         return None
@@ -760,7 +798,7 @@ def default_monitors(config: MonitorConfig | dict | None = None,
         out.append(AsymmetryMonitor(c.pairs, c.window, c.min_trend, c.min_rel_change, **common(c)))
     c = cfg.grad_norm
     if c.enabled:
-        out.append(GradNormMonitor(c.max_norm, **common(c)))
+        out.append(GradNormMonitor(c.max_norm, spike_factor=c.spike_factor, **common(c)))
     c = cfg.loss_ratio
     if c.enabled:
         out.append(LossRatioMonitor(c.max_ratio, c.train_metric, c.val_metric, **common(c)))

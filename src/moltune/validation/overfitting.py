@@ -1,11 +1,12 @@
 """Overfitting: the first evaluation where validation loss pulls away from training loss.
 
 Rule: at each evaluation, ``ratio = val_loss / train_loss`` (train loss: the epoch's aggregate,
-or its mean since the previous evaluation when validation runs every N steps). The epoch of the
-first evaluation with ``ratio > threshold`` that is not a new best validation loss (while
-validation still improves, a gap is not overfitting) is ``first_overfit_epoch`` (``first_overfit_step`` its
-step); the recommended checkpoint is the evaluation just before it. When the ratio never passes the threshold, the recommendation is the
-epoch of lowest validation loss. Losses that are not all positive (e.g. negative log-likelihoods)
+or its mean since the previous evaluation when validation runs every N steps). Overfitting
+starts at the first evaluation after the lowest validation loss whose ratio exceeds
+``threshold`` and whose validation loss lies more than ``min_rise`` (relative, 1%) above that
+best (while validation still improves, or wobbles by a fraction of a percent, a gap is not
+overfitting): ``first_overfit_epoch`` (``first_overfit_step`` its step). The recommended
+checkpoint is always the evaluation of lowest validation loss. Losses that are not all positive (e.g. negative log-likelihoods)
 make a ratio meaningless; then the rule uses the difference ``val_loss - train_loss`` (mode
 ``difference``; the threshold is then in loss units).
 """
@@ -82,10 +83,13 @@ def aligned_losses(tidy: pd.DataFrame, train_metric: str = "train/loss",
 
 def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
                        train_metric: str = "train/loss", val_metric: str = "val/loss",
-                       mode: str = "auto", checkpoints: list[Path] | None = None) -> OverfitResult:
+                       mode: str = "auto", checkpoints: list[Path] | None = None,
+                       min_rise: float = 0.01) -> OverfitResult:
     """Apply the rule above to a tidy metrics table (see :mod:`moltune.validation.logs`)."""
     unit = logs.timeline(tidy)
     train, val = aligned_losses(tidy, train_metric, val_metric, unit)
+    if not math.isfinite(threshold):
+        raise InvalidInputError(f"threshold {threshold}: must be a finite number")
     if len(val) == 0:
         raise InvalidInputError(
             f"no epoch has both {train_metric!r} and {val_metric!r}; logged metrics: "
@@ -106,24 +110,23 @@ def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
     steps = [None if pd.isna(s) else int(s) for s in at["step"]]
     keys = [int(i) for i in val.index]  # epochs or steps, as ``unit`` says
     vals = val.to_numpy()
-    # a new best validation loss is not overfitting, however large the gap
-    best_before = np.concatenate([[np.inf], np.fmin.accumulate(np.where(np.isfinite(vals), vals,
-                                                                         np.inf))[:-1]])
-    improving = vals < best_before
-    pos = next((i for i, r in enumerate(ratio.to_numpy())
-                if math.isfinite(r) and r > threshold and not improving[i]), None)
-    best_pos = int(np.nanargmin(np.where(np.isfinite(vals), vals, np.nan))) if finite.any() else None
+    fin_val = np.isfinite(vals)
+    best_pos = int(np.nanargmin(np.where(fin_val, vals, np.nan))) if fin_val.any() else None
+    pos = None
+    if best_pos is not None:
+        best = vals[best_pos]
+        pos = next((i for i, r in enumerate(ratio.to_numpy()) if i > best_pos and math.isfinite(r)
+                    and r > threshold and vals[i] - best > min_rise * max(abs(best), 1e-12)), None)
     if pos is None:
         rec_pos = best_pos
         message = (f"validation/train {'ratio' if mode == 'ratio' else 'difference'} never passed "
                    f"{threshold:g}; recommended: lowest validation loss ({unit} "
                    f"{keys[best_pos] if best_pos is not None else None})")
     else:
-        earlier = [i for i in range(pos) if math.isfinite(vals[i])]
-        rec_pos = earlier[-1] if earlier else None
-        message = (f"first evaluation past the threshold: {unit} {keys[pos]}; "
-                   + (f"use the checkpoint of {unit} {keys[rec_pos]}" if rec_pos is not None
-                      else "already past it at the first evaluation; no earlier checkpoint"))
+        rec_pos = best_pos
+        message = (f"overfitting from {unit} {keys[pos]} (validation loss {vals[pos]:.4g}, "
+                   f"{mode} {ratio.iloc[pos]:.3g}); use the checkpoint of lowest validation loss, "
+                   f"{unit} {keys[rec_pos]}")
 
     def pick(lst, i):
         return None if i is None else lst[i]
@@ -142,14 +145,34 @@ def detect_overfitting(tidy: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD,
 
 
 def run_overfitting(path: str | Path, threshold: float = DEFAULT_THRESHOLD, out: str | Path | None = None,
-                    train_metric: str = "train/loss", val_metric: str = "val/loss", mode: str = "auto",
-                    wandb_run: str | None = None) -> tuple[OverfitResult, Path]:
-    """Read a run folder or log file, detect overfitting, write overfitting.json and a plot."""
+                    train_metric: str | None = None, val_metric: str | None = None,
+                    mode: str = "auto", wandb_run: str | None = None,
+                    metrics: dict[str, str] | None = None) -> tuple[OverfitResult, Path]:
+    """Read a run folder or log file, detect overfitting, write overfitting.json and a plot.
+
+    The losses are the log's columns resolved to the train / validation loss roles
+    (:mod:`moltune.validation.metrics`); ``train_metric`` / ``val_metric`` or ``metrics``
+    ({contract name: column}) name them explicitly."""
+    from moltune.validation import metrics as mn
     from moltune.validation.plots import overfitting_plot
 
     path = Path(path)
-    run = logs.load_run(path, wandb_run)
-    result = detect_overfitting(run.metrics, threshold, train_metric, val_metric, mode, run.checkpoints)
+    overrides = dict(metrics or {})
+    if train_metric:
+        overrides[mn.TRAIN_LOSS] = train_metric
+    if val_metric:
+        overrides[mn.VAL_LOSS] = val_metric
+    run = logs.load_run(path, wandb_run, overrides)
+    res = run.resolution
+    if not logs.has_metric(run.metrics, mn.VAL_LOSS) or not logs.has_metric(run.metrics,
+                                                                              mn.TRAIN_LOSS):
+        hint = (f"; validation-looking columns not assigned: {', '.join(res.unassigned_validation)}"
+                if res.unassigned_validation else "")
+        raise InvalidInputError(
+            f"{path}: no column for the {'validation' if not logs.has_metric(run.metrics, mn.VAL_LOSS) else 'training'}"
+            f" loss; logged: {', '.join(sorted(set(res.rename) | set(res.unused)))}{hint}; name it "
+            "with --val-metric / --train-metric or --metric val_loss=COLUMN")
+    result = detect_overfitting(run.metrics, threshold, mode=mode, checkpoints=run.checkpoints)
     out_dir = Path(out) if out is not None else run.path
     x = result.index
     step_unit = result.unit == "step"
@@ -160,6 +183,9 @@ def run_overfitting(path: str | Path, threshold: float = DEFAULT_THRESHOLD, out:
         result.recommended_step if step_unit else result.recommended_epoch,
         out_dir / "plots" / "overfitting.png", xlabel=result.unit)
     data = result.as_dict() | {"run": str(run.path), "log": str(run.log_path),
-                               "plot": str(plot.relative_to(out_dir))}
+                               "plot": str(plot.relative_to(out_dir)),
+                               "columns": {"train_loss": res.roles.get("train_loss"),
+                                           "val_loss": res.roles.get("val_loss")},
+                               "roles": res.roles, "unused_columns": res.unused}
     write_strict_json(out_dir / "overfitting.json", data)
     return result, out_dir / "overfitting.json"

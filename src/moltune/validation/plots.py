@@ -114,7 +114,9 @@ def comparison_plot(groups: dict[str, Sequence[float]], cis: dict[str, tuple[flo
         lo, hi = cis.get(name, (math.nan, math.nan))
         m = float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan
         if math.isfinite(lo) and math.isfinite(hi):
-            ax.errorbar(i + 0.25, m, yerr=[[m - lo], [hi - m]], fmt="s", color="black", capsize=4)
+            # identical seeds give a zero-width interval that rounding may put beside the mean
+            ax.errorbar(i + 0.25, m, yerr=[[max(m - lo, 0.0)], [max(hi - m, 0.0)]], fmt="s",
+                        color="black", capsize=4)
         else:
             ax.plot(i + 0.25, m, "s", color="black")
     ax.set_xticks(range(len(groups)), list(groups), rotation=20, ha="right")

@@ -22,6 +22,7 @@ FINDINGS: dict[str, str] = {
         "The forward direction (T applied to source samples) produces energies far above the "
         "target reference (or non-finite)."
     ),
+    "nonfinite": "A loss, energy or gradient became NaN or infinite.",
     "quality_collapse": (
         "A quality metric (connectivity, validity, acceptance, ...) fell below its floor or lost "
         "most of its best value, typically while the loss kept improving."
@@ -31,7 +32,6 @@ FINDINGS: dict[str, str] = {
         "past its best point (often overfitting that the loss curves do not show yet)."
     ),
     "not_learning": "The training loss did not improve measurably over the run.",
-    "nonfinite": "A loss, energy or gradient became NaN or infinite.",
     "adapter_drift": "The mean FiLM gamma left its sane range (default [0.1, 10]).",
     "stopped_by_monitor": "A red-flag monitor stopped the run (stopped.json).",
     "small_validation": (
