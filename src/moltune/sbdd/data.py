@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from moltune.common.errors import InputFileError, InvalidInputError, UserError
+from moltune.common.errors import InputFileError, InvalidInputError, UserError, check_pdb_file
 from moltune.common.io import save_npy, save_npz, write_json, write_text
 from moltune.sbdd.vocab import ELEMENT_INDEX, ELEMENTS, N_ELEMENTS
 
@@ -128,13 +128,9 @@ def ligand_from_mol(mol: Any, name: str = "ligand") -> Ligand:
 
 def ligand_from_sdf(path: str | os.PathLike) -> Ligand:
     """Read the first record of an SDF file and featurise its heavy atoms (hydrogens removed)."""
-    from rdkit import Chem
+    from moltune.sbdd.chemistry import read_sdf_molecules
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"ligand file not found: {path}")
-    supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False)
-    mol = next(iter(supplier), None) if len(supplier) > 0 else None
+    mol = read_sdf_molecules(path, "ligand file")[0]
     if mol is None:
         raise InvalidInputError(f"cannot parse the first molecule of {path}")
     return ligand_from_mol(mol, name=str(path))
@@ -210,8 +206,7 @@ def _load_structure(pdb_path: Path) -> Any:
 
     from Bio.PDB import PDBParser
 
-    if not pdb_path.is_file():
-        raise InputFileError(f"protein file not found: {pdb_path}")
+    check_pdb_file(pdb_path, "protein file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
