@@ -104,15 +104,21 @@ def _plot(rows: list[dict], path: Path) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from moltune.common.errors import check_output_file, check_pdb_file, check_sdf_file
     from moltune.common.io import atomic_path, write_json
     from moltune.sbdd.chemistry import evaluate_sdf, read_smiles_file
 
+    out = check_output_file(args.out)
+    check_sdf_file(args.sdf, "molecule file")
+    if args.ref_ligand:
+        check_sdf_file(args.ref_ligand, "reference ligand file")
+    if args.pdb:
+        check_pdb_file(args.pdb, "protein file")
     train = read_smiles_file(args.train_smiles) if args.train_smiles else None
     summary, rows = evaluate_sdf(
         args.sdf, pdb_path=args.pdb, ref_ligand_sdf=args.ref_ligand, train_smiles=train,
         posebusters=not args.no_posebusters,
     )
-    out = Path(args.out)
     csv_path = out.with_name(out.stem + "_per_molecule.csv")
     png_path = out.with_name(out.stem + "_properties.png")
     summary["per_molecule_csv"] = str(csv_path)

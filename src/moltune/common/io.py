@@ -21,7 +21,7 @@ import numpy as np
 from moltune.common.errors import OutputPathError
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process umask (read without changing it where /proc allows)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -40,7 +40,7 @@ def _plain_write_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
