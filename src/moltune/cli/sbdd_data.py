@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-contact-fraction", type=float, default=0.5,
                    help="skip a complex when fewer ligand heavy atoms than this lie within 5 Å "
                    "of the pocket (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_process)
 
     e = sub.add_parser(
@@ -66,6 +67,7 @@ def _process(args: argparse.Namespace) -> int:
         args.data, args.out, split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, embedding=embedding, cutoff_A=args.cutoff,
         min_contact_fraction=args.min_contact_fraction, min_identity=args.min_identity,
+        progress=not args.no_progress,
     )
     sizes = {k: len(v) for k, v in summary["splits"].items()}
     print(f"processed {summary['n_processed']} complexes ({sizes}); "
