@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -665,7 +666,9 @@ def process_complexes(
                                    assignment, split, seed, val_fraction, test_fraction,
                                    min_identity, embedding, cutoff_A, contact_A,
                                    min_contact_fraction)
-        os.chmod(out, 0o777 & ~current_umask())
+        # the permissions the folder had, or those a plain mkdir gives
+        os.chmod(out, stat.S_IMODE(final.stat().st_mode) if final.exists()
+                 else 0o777 & ~current_umask())
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             os.replace(final, old)
