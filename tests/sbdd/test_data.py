@@ -156,7 +156,7 @@ def test_split_groups_keeps_groups_whole():
 # ------------------------------------------------------------------------------------------
 # Processing the shared complexes (plus deliberately bad ones)
 # ------------------------------------------------------------------------------------------
-BAD = {"zz_broken": "parse", "zz_far": "no standard residue", "zz_missing": "no ligand SDF",
+BAD = {"zz_broken": "no ATOM or HETATM records", "zz_far": "no standard residue", "zz_missing": "no ligand SDF",
        "zz_unknown_element": "not in the vocabulary"}
 
 
