@@ -113,6 +113,7 @@ CASES = [
     ("energy-out-is-folder", [*ENERGY, "--out", "{d}/adir"], "is a folder", False),
     ("energy-forces-under-file", [*ENERGY, "--out", "{d}/u.npy", "--forces", "{d}/blocker/f.npy"],
      "--forces", False),
+    ("energy-out-is-the-coordinates", [*ENERGY, "--out", "{d}/x.npy"], "also an input", False),
     ("energy-workers-0", [*ENERGY, "--out", "{d}/u.npy", "--workers", "0"], "--workers", False),
     # pt simulate
     ("pt-unknown-residue", [*_set(PT, "--peptide", "{d}/xyz.pdb"), "--out", "{d}/new_run"], "XYZ",
@@ -145,14 +146,18 @@ CASES = [
     ("gen-ref-ligand-no-molecule", _set(GEN, "--ref-ligand", "{d}/nomol.sdf"), "no molecule", True),
     ("gen-out-is-folder", _set(GEN, "--out", "{d}/adir"), "is a folder", True),
     ("gen-missing-checkpoint", GEN, "none.ckpt", True),
+    ("gen-bogus-embedding", [*GEN, "--embedding", "word2vec", "--film-init", "identity"],
+     "unknown embedding spec", True),
     # sbdd evaluate
     ("evaluate-text-file", _set(SEVAL, "2", "{d}/text.sdf"), "no molecule", True),
     ("evaluate-no-molecule", _set(SEVAL, "2", "{d}/nomol.sdf"), "no molecule", True),
     ("evaluate-garbage-train-smiles", [*SEVAL, "--train-smiles", "{d}/garbage_smiles.npy",
                                        "--out", "{d}/m.json"], "training SMILES", True),
+    ("evaluate-out-is-the-input", [*SEVAL, "--out", "{d}/ligand.sdf"], "also an input", True),
     ("evaluate-out-is-folder", [*SEVAL, "--out", "{d}/adir"], "is a folder", True),
     ("evaluate-out-under-file", [*SEVAL, "--out", "{d}/blocker/m.json"], "not a folder", True),
     # sbdd dock
+    ("dock-out-is-the-protein", [*DOCK, "--out", "{d}/protein.pdb"], "also an input", True),
     ("dock-spacing-0", [*DOCK, "--spacing", "0"], "--spacing", True),
     ("dock-ph-40", [*DOCK, "--ph", "40"], "--ph", True),
     ("dock-padding-nan", [*DOCK, "--padding", "nan"], "finite", True),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from moltune.common.errors import positive_int
 
@@ -41,11 +40,9 @@ def run(args: argparse.Namespace) -> int:
     from moltune.common.io import save_npy
     from moltune.physics.energy import TorchEnergy, check_coordinates, read_pdb_topology
 
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=(args.pdb, args.coords))
     if args.forces:
-        check_output_file(args.forces, "--forces")
-        if Path(args.forces).resolve() == Path(args.out).resolve():
-            raise InvalidInputError("--forces and --out name the same file")
+        check_output_file(args.forces, "--forces", inputs=(args.pdb, args.coords, args.out))
     topology = read_pdb_topology(args.pdb)
     coords_path = check_input_file(args.coords, "coordinates file")
     try:

@@ -110,7 +110,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from moltune.common.io import atomic_path, write_json
     from moltune.sbdd.chemistry import evaluate_sdf, read_smiles_file
 
-    out = check_output_file(args.out)
+    inputs = (args.sdf, args.pdb, args.ref_ligand, args.train_smiles)
+    out = check_output_file(args.out, inputs=inputs)
+    for extra in ("_per_molecule.csv", "_properties.png"):
+        check_output_file(out.with_name(out.stem + extra), "--out", inputs=inputs)
     check_sdf_file(args.sdf, "molecule file")
     if args.ref_ligand:
         check_sdf_file(args.ref_ligand, "reference ligand file")

@@ -42,16 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _dock(args: argparse.Namespace) -> int:
     import time
 
-    from moltune.common.errors import InvalidInputError, check_output_file, check_pdb_file
+    from moltune.common.errors import check_output_file, check_pdb_file
     from moltune.common.io import write_json
     from moltune.sbdd import docking as dk
 
-    out = check_output_file(args.out)
-    summary_path = check_output_file(args.summary or out.with_suffix(".json"), "--summary")
+    inputs = (args.ligands, args.pdb, args.ref_ligand)
+    out = check_output_file(args.out, inputs=inputs)
+    summary_path = check_output_file(args.summary or out.with_suffix(".json"), "--summary",
+                                     inputs=(*inputs, out))
     if args.receptor_out:
-        check_output_file(args.receptor_out, "--receptor-out")
-    if summary_path.resolve() == out.resolve():
-        raise InvalidInputError(f"--out and the summary are the same file {out}; give --summary")
+        check_output_file(args.receptor_out, "--receptor-out", inputs=(*inputs, out, summary_path))
     check_pdb_file(args.pdb, "protein file")
     t0 = time.perf_counter()
     cfg = dk.DockingConfig(

@@ -55,9 +55,14 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.film_checkpoint and args.film_init:
         raise InvalidInputError("give --film-checkpoint or --film-init, not both")
-    check_output_file(args.out)
+    check_output_file(args.out, inputs=(args.checkpoint, args.pdb, args.ref_ligand))
     if args.ref_ligand:
         check_sdf_file(args.ref_ligand, "reference ligand file")
+    provider = None
+    if args.embedding:  # a bad spec is refused before the checkpoint loads
+        from moltune.sbdd.embeddings import make_provider
+
+        provider = make_provider(args.embedding)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model = LigandDiffusionModel.from_checkpoint(args.checkpoint)
@@ -68,11 +73,9 @@ def _generate(args: argparse.Namespace) -> int:
     pocket = pocket_from_pdb(args.pdb, ref_ligand_sdf=args.ref_ligand, resi_list=args.resi_list)
     embedding = None
     if model.film is not None:
-        if not args.embedding:
+        if provider is None:
             raise InvalidInputError("a FiLM adapter needs --embedding (e.g. deterministic)")
-        from moltune.sbdd.embeddings import make_provider
-
-        embedding = make_provider(args.embedding).embed(pocket)
+        embedding = provider.embed(pocket)
     elif args.embedding:
         raise InvalidInputError("--embedding given without a FiLM adapter "
                                 "(--film-checkpoint or --film-init)")

@@ -145,9 +145,13 @@ def _check_creatable(folder: Path, name: str, target: Path) -> None:
         raise OutputPathError(f"{name} {target}: folder {existing} is not writable")
 
 
-def check_output_file(path, name: str = "--out") -> Path:
-    """``path`` as a Path if a file can be written there (not a folder; its folder writable)."""
+def check_output_file(path, name: str = "--out", inputs=()) -> Path:
+    """``path`` as a Path if a file can be written there (not a folder; its folder writable;
+    none of the command's ``inputs``, which an output must never replace)."""
     p = Path(path)
+    for other in inputs:
+        if other is not None and p.resolve() == Path(other).resolve():
+            raise OutputPathError(f"{name} {p} is also an input of this command; give another path")
     if p.is_dir():
         raise OutputPathError(f"{name} {p} is a folder; give a file path")
     if p.exists() and not os.access(p, os.W_OK):
