@@ -11,8 +11,13 @@ import sys
 AREAS = ("demo", "peptide", "energy", "pt", "runs", "sbdd")
 
 
-class UsageError(Exception):
-    """A command line argparse refused (unknown option, bad value); printed as one line."""
+class UsageError(SystemExit):
+    """A command line argparse refused (unknown option, bad value): exit status 2 and one line
+    (``main`` prints ``message``); a SystemExit as argparse's own, for direct parse_args callers."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        print(exc, file=sys.stderr)
+        print(exc.message, file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
