@@ -138,6 +138,8 @@ CASES = [
     ("eval-n-boot-0", [*EVAL, "--n-boot", "0"], "--n-boot", False),
     ("eval-n-pairs-0", [*EVAL, "--n-pairs", "0"], "--n-pairs", False),
     ("eval-out-is-file", _set(EVAL, "--out", "{d}/blocker"), "is a file", False),
+    ("eval-damaged-data", _set(EVAL, "--data", "{d}/run_garbage_meta"), "not readable PT metadata",
+     False),
     ("eval-no-data", _set(EVAL, "--data", "{d}/nodata"), "nodata", False),
     # sbdd generate
     ("gen-num-atoms-0", [*GEN, "--num-atoms", "0"], "--num-atoms", True),

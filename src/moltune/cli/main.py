@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         rc = args.func(args)
     except UserError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message holds
-        print(f"moltune {args.command}: error: {message}", file=sys.stderr)
+        sub = getattr(args, f"{args.command}_command", None)
+        print(f"moltune {args.command}{' ' + sub if sub else ''}: error: {message}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moltune {args.command}: interrupted; completed work is kept", file=sys.stderr)
