@@ -156,7 +156,7 @@ def test_split_groups_keeps_groups_whole():
 # ------------------------------------------------------------------------------------------
 # Processing the shared complexes (plus deliberately bad ones)
 # ------------------------------------------------------------------------------------------
-BAD = {"zz_broken": "parse", "zz_far": "no standard residue", "zz_missing": "no ligand SDF",
+BAD = {"zz_broken": "no ATOM or HETATM records", "zz_far": "no standard residue", "zz_missing": "no ligand SDF",
        "zz_unknown_element": "not in the vocabulary"}
 
 
@@ -322,3 +322,31 @@ def test_explicit_split_keeps_protein_groups_whole(tmp_path):
                                      embedding=None, progress=False)
     assert summary["splits"]["val"] == ["1fbh", "3fbp"]
     assert summary["splits"]["train"] == ["1w1p"]
+
+
+def test_reprocessing_replaces_the_old_folder_whole(tmp_path):
+    """Processing again into a processed folder leaves none of the old complexes' files (the
+    folder is replaced at the end); a folder of other files is refused untouched."""
+    _need_complexes()
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("1fbh", "3fbp", "1w1p"):
+        os.symlink((COMPLEXES / name).resolve(), src / name)
+    out = tmp_path / "out"
+    data.process_complexes(src, out, {"1w1p": "val"}, embedding="deterministic", progress=False)
+    assert (out / "val" / "1w1p.pdb").is_file() and (out / "embeddings" / "1w1p.npy").is_file()
+    os.chmod(out, 0o750)
+    summary = data.process_complexes(src, out, {"1fbh": "val", "3fbp": "val"}, embedding=None,
+                                     progress=False)
+    assert summary["splits"]["train"] == ["1w1p"]
+    assert sorted(p.name for p in (out / "val").iterdir()) == [
+        f"{c}.{ext}" for c in ("1fbh", "3fbp") for ext in ("pdb", "sdf", "txt")]
+    assert not (out / "embeddings").exists()
+    assert oct(os.stat(out).st_mode & 0o777) == oct(0o750)  # the folder keeps its permissions
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(InvalidInputError, match="not a processed data set"):
+        data.process_complexes(src, mine, {"1w1p": "val"}, embedding=None, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]

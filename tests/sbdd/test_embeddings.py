@@ -93,3 +93,50 @@ def test_esmc_missing_weights_error_says_how_to_obtain(tmp_path):
 def test_unknown_spec():
     with pytest.raises(InvalidInputError, match="unknown embedding spec"):
         make_provider("word2vec")
+
+
+@pytest.mark.slow
+def test_esmc_provider_runs_the_real_esm_package(tmp_path, pockets):
+    """A small randomly initialised ESM-C (3 layers, d_model 128) through the provider: its size
+    and layer count come from the weights, and the pocket embedding is the mean of the pocket
+    residues' rows of esm's own forward pass over the whole chain; ``sbdd process`` writes it."""
+    pytest.importorskip("esm.models.esmc")
+    import torch
+    from esm.models.esmc import ESMC
+    from esm.tokenization import get_esmc_model_tokenizers
+
+    from moltune.sbdd.data import load_processed_split, process_complexes
+
+    torch.manual_seed(0)
+    tokenizer = get_esmc_model_tokenizers()
+    ref = ESMC(d_model=128, n_heads=2, n_layers=3, tokenizer=tokenizer, use_flash_attn=False)
+    weights = tmp_path / "esmc_small.pth"
+    torch.save(ref.state_dict(), weights)
+    provider = make_provider(f"esmc:{weights}")
+    pocket = pockets["3rfm"]
+    emb = provider.embed(pocket)
+    assert emb.shape == (128,) and emb.dtype == np.float32 and provider.dim == 128
+    assert len(provider._load().transformer.blocks) == 3
+
+    ref.eval()
+    chains = [rid.split(":")[0] for rid in pocket.residue_ids]
+    rows = []
+    for chain in dict.fromkeys(chains):
+        tokens = torch.tensor(tokenizer.encode(pocket.chain_sequences[chain]))[None]
+        with torch.no_grad():
+            per_residue = ref(sequence_tokens=tokens).embeddings[0, 1:-1].numpy()
+        assert per_residue.shape == (len(pocket.chain_sequences[chain]), 128)
+        rows += [per_residue[pos] for c, pos in zip(chains, pocket.residue_chain_positions)
+                 if c == chain]
+    np.testing.assert_allclose(emb, np.mean(rows, axis=0), rtol=1e-4, atol=1e-5)
+    assert np.abs(provider.embed(pockets["1uw6"]) - emb).max() > 1e-3  # pockets differ
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for cid in ("3rfm", "1uw6"):
+        (src / cid).symlink_to((COMPLEXES / cid).resolve())
+    out = tmp_path / "processed"
+    process_complexes(src, out, split={"3rfm": "train", "1uw6": "val"},
+                      embedding=f"esmc:{weights}", progress=False)
+    train = load_processed_split(out, "train")
+    np.testing.assert_allclose(train[0]["embedding"], emb, rtol=1e-5, atol=1e-6)

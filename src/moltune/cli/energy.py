@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from moltune.common.errors import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,28 +27,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="precision of the evaluation and of the outputs (default float64)")
     p.add_argument("--backend", choices=("torch", "openmm"), default="torch",
                    help="torch: TorchEnergy (default); openmm: OpenMM Reference platform")
-    p.add_argument("--workers", type=int, default=1, help="OpenMM worker processes (openmm)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="OpenMM worker processes (openmm)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import numpy as np
     import torch
 
-    from moltune.common.errors import InputFileError, InvalidInputError
+    from moltune.common.errors import InvalidInputError, check_input_file, check_output_file
     from moltune.common.io import save_npy
     from moltune.physics.energy import TorchEnergy, check_coordinates, read_pdb_topology
 
+    check_output_file(args.out, inputs=(args.pdb, args.coords))
+    if args.forces:
+        check_output_file(args.forces, "--forces", inputs=(args.pdb, args.coords, args.out))
     topology = read_pdb_topology(args.pdb)
-    coords_path = Path(args.coords)
-    if not coords_path.is_file():
-        raise InputFileError(f"coordinates file not found: {coords_path}")
+    coords_path = check_input_file(args.coords, "coordinates file")
     try:
         x = np.load(coords_path, allow_pickle=False)
     except Exception as exc:  # any reader failure means a bad input file
         raise InvalidInputError(f"cannot read {coords_path} as a .npy array: {exc}") from exc
+    if not isinstance(x, np.ndarray):
+        names = ", ".join(x.files)
+        x.close()
+        raise InvalidInputError(f"{coords_path} is an .npz archive (arrays: {names}); give one "
+                                "[B, N, 3] or [N, 3] array as .npy")
     if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
         raise InvalidInputError(f"{coords_path}: coordinates must be numbers, got {x.dtype}")
     dtype = torch.float64 if args.dtype == "float64" else torch.float32

@@ -11,8 +11,24 @@ import sys
 AREAS = ("demo", "peptide", "energy", "pt", "runs", "sbdd")
 
 
+class UsageError(SystemExit):
+    """A command line argparse refused (unknown option, bad value): exit status 2 and one line
+    (``main`` prints ``message``); a SystemExit as argparse's own, for direct parse_args callers."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line (``PROG: error: ...``) and exit status 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="moltune",
         description="Train molecular generative models and check whether they work.",
     )
@@ -25,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -35,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = args.func(args)
     except UserError as exc:
-        print(f"moltune {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        sub = getattr(args, f"{args.command}_command", None)
+        print(f"moltune {args.command}{' ' + sub if sub else ''}: error: {message}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"moltune {args.command}: interrupted; completed work is kept", file=sys.stderr)

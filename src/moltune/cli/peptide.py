@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from moltune.common.errors import check_output_file
     from moltune.physics.peptide import build_peptide, potential_energy
 
+    check_output_file(args.out)
     pep = build_peptide(
         args.sequence, caps=args.caps, minimize=not args.no_minimize, solvent=args.solvent
     )

@@ -64,12 +64,12 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.identity == bool(args.run):
         raise InvalidInputError("give either a flow RUN or --identity (the naive swap), not both")
-    if args.n_pairs < 1:
-        raise InvalidInputError("--n-pairs must be >= 1")
 
     import torch  # noqa: F401 - heavy imports only once a command runs
 
-    from moltune.flow.evaluate import evaluate_flow, metrics_to_log
+    from moltune.flow.evaluate import check_evaluation_args, evaluate_flow, metrics_to_log
+
+    check_evaluation_args(args.n_pairs, args.max_frames, args.n_boot, args.batch_size, args.out)
 
     info: dict = {}
     if args.identity:

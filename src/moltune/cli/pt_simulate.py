@@ -4,28 +4,30 @@ from __future__ import annotations
 
 import argparse
 
+from moltune.common.errors import nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 def add_system_options(p: argparse.ArgumentParser) -> None:
     """The peptide and the temperature ladder (K), for every command that runs PT."""
     p.add_argument("--peptide", required=True, help='one-letter sequence ("AA") or a PDB file')
-    p.add_argument("--temperatures", type=float, nargs="+", default=[300, 450, 670, 1000],
+    p.add_argument("--temperatures", type=positive_float, nargs="+", default=[300, 450, 670, 1000],
                    metavar="K", help="ascending temperatures in K (default: 300 450 670 1000)")  # fmt: skip
 
 
 def add_simulation_options(p: argparse.ArgumentParser, save_interval_ps: float = 1.0) -> None:
     """Integrator, swap, output and platform flags shared by every command that runs PT."""
-    p.add_argument("--save-interval-ps", type=float, default=save_interval_ps,
+    p.add_argument("--save-interval-ps", type=positive_float, default=save_interval_ps,
                    help=f"frame interval ({save_interval_ps:g} ps)")  # fmt: skip
-    p.add_argument("--swap-interval-ps", type=float, default=0.1, help="swap interval (0.1 ps)")
-    p.add_argument("--equilibration-ps", type=float, default=10.0,
+    p.add_argument("--swap-interval-ps", type=positive_float, default=0.1, help="swap interval (0.1 ps)")
+    p.add_argument("--equilibration-ps", type=nonnegative_float, default=10.0,
                    help="discarded equilibration before saving (10 ps)")  # fmt: skip
-    p.add_argument("--checkpoint-interval-ps", type=float, default=50.0,
+    p.add_argument("--checkpoint-interval-ps", type=positive_float, default=50.0,
                    help="checkpoint / chunk interval (50 ps)")  # fmt: skip
-    p.add_argument("--timestep-fs", type=float, default=1.0)
-    p.add_argument("--friction-per-ps", type=float, default=1.0)
+    p.add_argument("--timestep-fs", type=positive_float, default=1.0)
+    p.add_argument("--friction-per-ps", type=nonnegative_float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--solvent", default="obc2", choices=("obc2", "vacuum"))
-    p.add_argument("--threads", type=int, default=1, help="OpenMM CPU threads per context")
+    p.add_argument("--threads", type=positive_int, default=1, help="OpenMM CPU threads per context")
     p.add_argument("--platform", default="CPU", help="OpenMM platform (CPU, Reference, CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -41,10 +43,10 @@ def register(pt_sub: argparse._SubParsersAction, top_sub: argparse._SubParsersAc
         "same command again resumes an interrupted run, or extends it with a longer --time-ns.",
     )
     add_system_options(p)
-    p.add_argument("--time-ns", type=float, required=True, help="production time per replica, ns")
+    p.add_argument("--time-ns", type=positive_float, required=True, help="production time per replica, ns")
     p.add_argument("--out", required=True, help="output directory")
     add_simulation_options(p)
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=nonnegative_int, default=0,
                    help="worker processes owning the replicas (0: all in this process)")  # fmt: skip
     p.set_defaults(func=_simulate)
 

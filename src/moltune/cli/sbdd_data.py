@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-contact-fraction", type=float, default=0.5,
                    help="skip a complex when fewer ligand heavy atoms than this lie within 5 Å "
                    "of the pocket (default 0.5)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_process)
 
     e = sub.add_parser(
@@ -66,6 +67,7 @@ def _process(args: argparse.Namespace) -> int:
         args.data, args.out, split, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, embedding=embedding, cutoff_A=args.cutoff,
         min_contact_fraction=args.min_contact_fraction, min_identity=args.min_identity,
+        progress=not args.no_progress,
     )
     sizes = {k: len(v) for k, v in summary["splits"].items()}
     print(f"processed {summary['n_processed']} complexes ({sizes}); "
@@ -104,15 +106,24 @@ def _plot(rows: list[dict], path: Path) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from moltune.common.errors import check_output_file, check_pdb_file, check_sdf_file
     from moltune.common.io import atomic_path, write_json
     from moltune.sbdd.chemistry import evaluate_sdf, read_smiles_file
 
+    inputs = (args.sdf, args.pdb, args.ref_ligand, args.train_smiles)
+    out = check_output_file(args.out, inputs=inputs)
+    for extra in ("_per_molecule.csv", "_properties.png"):
+        check_output_file(out.with_name(out.stem + extra), "--out", inputs=inputs)
+    check_sdf_file(args.sdf, "molecule file")
+    if args.ref_ligand:
+        check_sdf_file(args.ref_ligand, "reference ligand file")
+    if args.pdb:
+        check_pdb_file(args.pdb, "protein file")
     train = read_smiles_file(args.train_smiles) if args.train_smiles else None
     summary, rows = evaluate_sdf(
         args.sdf, pdb_path=args.pdb, ref_ligand_sdf=args.ref_ligand, train_smiles=train,
         posebusters=not args.no_posebusters,
     )
-    out = Path(args.out)
     csv_path = out.with_name(out.stem + "_per_molecule.csv")
     png_path = out.with_name(out.stem + "_properties.png")
     summary["per_molecule_csv"] = str(csv_path)

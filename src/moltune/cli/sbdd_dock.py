@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from moltune.common.errors import nonnegative_float, nonnegative_int, number, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,15 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-ligand", required=True, help="reference ligand SDF (defines the box)")
     p.add_argument("--out", default="scores.csv", help="per-molecule CSV (default scores.csv)")
     p.add_argument("--summary", help="summary JSON (default: <out stem>.json)")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    p.add_argument("--exhaustiveness", type=int, default=0,
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes (default 1)")
+    p.add_argument("--exhaustiveness", type=nonnegative_int, default=0,
                    help="also dock each molecule globally with this Vina exhaustiveness "
                    "(default 0: no docking, only score-only and minimised)")
-    p.add_argument("--padding", type=float, default=4.0,
+    p.add_argument("--padding", type=nonnegative_float, default=4.0,
                    help="Å added on each side of the reference ligand's extent (default 4)")
-    p.add_argument("--spacing", type=float, default=0.375, help="grid spacing Å (default 0.375)")
+    p.add_argument("--spacing", type=number(float, above=0, maximum=2.0), default=0.375,
+                   help="grid spacing Å, in (0, 2] (default 0.375)")
     p.add_argument("--scoring", choices=("vina", "vinardo"), default="vina")
-    p.add_argument("--ph", type=float, default=7.0, help="pH of receptor hydrogens (default 7)")
+    p.add_argument("--ph", type=number(float, minimum=0, maximum=14), default=7.0,
+                   help="pH of receptor hydrogens, 0-14 (default 7)")
     p.add_argument("--seed", type=int, default=0, help="Vina seed for docking (default 0)")
     p.add_argument("--receptor-out", help="also write the prepared receptor PDBQT here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -39,14 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _dock(args: argparse.Namespace) -> int:
     import time
 
-    from moltune.common.errors import InvalidInputError
+    from moltune.common.errors import check_output_file, check_pdb_file
     from moltune.common.io import write_json
     from moltune.sbdd import docking as dk
 
-    if args.workers < 1:
-        raise InvalidInputError(f"--workers must be >= 1, got {args.workers}")
-    if args.exhaustiveness < 0:
-        raise InvalidInputError(f"--exhaustiveness must be >= 0, got {args.exhaustiveness}")
+    inputs = (args.ligands, args.pdb, args.ref_ligand)
+    out = check_output_file(args.out, inputs=inputs)
+    summary_path = check_output_file(args.summary or out.with_suffix(".json"), "--summary",
+                                     inputs=(*inputs, out))
+    if args.receptor_out:
+        check_output_file(args.receptor_out, "--receptor-out", inputs=(*inputs, out, summary_path))
+    check_pdb_file(args.pdb, "protein file")
     t0 = time.perf_counter()
     cfg = dk.DockingConfig(
         padding_A=args.padding, spacing_A=args.spacing, scoring=args.scoring,
@@ -63,7 +69,6 @@ def _dock(args: argparse.Namespace) -> int:
     results = dk.score_molecules(
         mols, receptor, box, cfg, n_workers=args.workers, progress=not args.no_progress
     )
-    out = Path(args.out)
     dk.write_results_csv(out, results)
     summary = {
         "ligands": str(args.ligands),
@@ -77,7 +82,6 @@ def _dock(args: argparse.Namespace) -> int:
         "versions": dk.versions(),
         **dk.summarize(results),
     }
-    summary_path = Path(args.summary) if args.summary else out.with_suffix(".json")
     write_json(summary_path, summary)
     n_ok = summary["n_ok"]
     print(f"scored {n_ok}/{len(results)} molecules "

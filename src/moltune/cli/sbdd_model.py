@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from moltune.common.errors import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ref-ligand", help="reference ligand SDF that defines the pocket")
     g.add_argument("--resi-list", nargs="+", metavar="CHAIN:RESNUM",
                    help="pocket residues, e.g. A:12 A:13")
-    p.add_argument("--n-samples", type=int, required=True, help="number of ligands")
+    p.add_argument("--n-samples", type=positive_int, required=True, help="number of ligands")
     p.add_argument("--out", required=True, help="output SDF")
-    p.add_argument("--num-atoms", type=int, default=None,
+    p.add_argument("--num-atoms", type=positive_int, default=None,
                    help="ligand size (default: drawn from the checkpoint's size distribution)")
     p.add_argument("--embedding", default=None,
                    help="pocket embedding for the FiLM adapter: deterministic, precomputed:DIR "
@@ -30,10 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="adapter-only checkpoint written by moltune (FiLM adapter)")
     p.add_argument("--film-init", choices=("identity", "random"), default=None,
                    help="attach a fresh adapter (identity = exact no-op; random = control)")
-    p.add_argument("--timesteps", type=int, default=None,
+    p.add_argument("--timesteps", type=positive_int, default=None,
                    help="denoising steps (default: the checkpoint's, 500)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="samples per batch (default 16)")
     p.add_argument("--builder", choices=("rdkit", "openbabel"), default="rdkit",
                    help="bond perception for the SDF (default rdkit)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -45,7 +47,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from moltune.common.errors import InvalidInputError
+    from moltune.common.errors import InvalidInputError, check_output_file, check_sdf_file
     from moltune.sbdd.data import pocket_from_pdb
     from moltune.sbdd.film import FiLMConfig, load_adapter
     from moltune.sbdd.generate import generate, write_sdf
@@ -53,6 +55,14 @@ def _generate(args: argparse.Namespace) -> int:
 
     if args.film_checkpoint and args.film_init:
         raise InvalidInputError("give --film-checkpoint or --film-init, not both")
+    check_output_file(args.out, inputs=(args.checkpoint, args.pdb, args.ref_ligand))
+    if args.ref_ligand:
+        check_sdf_file(args.ref_ligand, "reference ligand file")
+    provider = None
+    if args.embedding:  # a bad spec is refused before the checkpoint loads
+        from moltune.sbdd.embeddings import make_provider
+
+        provider = make_provider(args.embedding)
     if args.seed is not None:
         torch.manual_seed(args.seed)
     model = LigandDiffusionModel.from_checkpoint(args.checkpoint)
@@ -63,11 +73,9 @@ def _generate(args: argparse.Namespace) -> int:
     pocket = pocket_from_pdb(args.pdb, ref_ligand_sdf=args.ref_ligand, resi_list=args.resi_list)
     embedding = None
     if model.film is not None:
-        if not args.embedding:
+        if provider is None:
             raise InvalidInputError("a FiLM adapter needs --embedding (e.g. deterministic)")
-        from moltune.sbdd.embeddings import make_provider
-
-        embedding = make_provider(args.embedding).embed(pocket)
+        embedding = provider.embed(pocket)
     elif args.embedding:
         raise InvalidInputError("--embedding given without a FiLM adapter "
                                 "(--film-checkpoint or --film-init)")

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,23 +18,55 @@ from typing import Any
 
 import numpy as np
 
+from moltune.common.errors import OutputPathError
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_write_mode(path: Path) -> int:
+    """Permission bits a plain ``open(path, "w")`` would leave: an existing file keeps its own,
+    a new one gets 0666 less the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
 
-    On error the temporary file is removed and ``path`` is left untouched.
+    On error the temporary file is removed and ``path`` is left untouched. The file gets the
+    permissions a plain write would give. A place that cannot be written is an OutputPathError.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
+        os.chmod(tmp_path, _plain_write_mode(path))
+        try:
+            os.replace(tmp_path, path)
+        except OSError as exc:
+            raise OutputPathError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from moltune.common.errors import InvalidInputError
+from moltune.common.errors import InvalidInputError, check_number, check_output_dir
 from moltune.common.io import save_npz, write_json, write_text
 from moltune.flow import metrics as M
 from moltune.flow.swaps import (
@@ -303,6 +303,21 @@ def _subsample(xyz: np.ndarray, max_frames: int | None) -> np.ndarray:
     return xyz[np.linspace(0, xyz.shape[0] - 1, max_frames).round().astype(int)]
 
 
+# A percentile 95% interval needs at least one resample in each 2.5% tail.
+MIN_BOOTSTRAP = 40
+
+
+def check_evaluation_args(
+    n_pairs: int, max_frames: int | None, n_boot: int, batch_size: int, out_dir: str | Path
+) -> None:
+    """Refuse nonsense settings of :func:`evaluate_flow` before any work (CLI flag names)."""
+    check_number("--n-pairs", n_pairs, minimum=1)
+    check_number("--max-frames", max_frames, minimum=2)
+    check_number("--n-boot", n_boot, minimum=MIN_BOOTSTRAP)
+    check_number("--batch-size", batch_size, minimum=1)
+    check_output_dir(out_dir)
+
+
 def evaluate_flow(
     flow: torch.nn.Module,
     data_dir: str | Path,
@@ -326,6 +341,7 @@ def evaluate_flow(
     from moltune.physics.geometry import ramachandran_angles
     from moltune.physics.ptdata import load_pt_data
 
+    check_evaluation_args(n_pairs, max_frames, n_boot, batch_size, out_dir)
     data = load_pt_data(data_dir)
     temps = np.asarray(data.temperatures_K, dtype=np.float64)
     i, j = (int(p) for p in pair)

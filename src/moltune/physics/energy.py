@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import re
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from moltune.common.errors import InputFileError, InvalidInputError
+from moltune.common.errors import InvalidInputError
 
 COULOMB_KJ_NM_PER_MOL_E2 = 138.93545764438198
 """1/(4 pi eps0) as OpenMM's NonbondedForce uses it (kJ nm / (mol e^2))."""
@@ -615,15 +614,10 @@ def check_coordinates(x, n_atoms: int) -> torch.Tensor:
 
 def read_pdb_topology(path):
     """OpenMM Topology from a PDB file, with a clear error for a missing or broken file."""
-    from openmm import app
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"PDB file not found: {path}")
-    try:
-        return app.PDBFile(str(path)).topology
-    except Exception as exc:
-        raise InvalidInputError(f"cannot read PDB file {path}: {exc}") from exc
+    from moltune.physics.peptide import read_pdb
+
+    return read_pdb(path).topology
 
 
 def regularize_energy(u_kjmol: torch.Tensor, cut_kjmol: float) -> torch.Tensor:

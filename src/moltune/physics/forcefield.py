@@ -32,13 +32,19 @@ def create_system(topology: app.Topology, solvent: Solvent = "obc2") -> openmm.S
 
     Each force is put in its own force group (group = index) so per-term energies can be compared.
     """
-    system = forcefield(solvent).createSystem(
-        topology,
-        nonbondedMethod=app.NoCutoff,
-        constraints=None,
-        rigidWater=False,
-        removeCMMotion=False,
-    )
+    try:
+        system = forcefield(solvent).createSystem(
+            topology,
+            nonbondedMethod=app.NoCutoff,
+            constraints=None,
+            rigidWater=False,
+            removeCMMotion=False,
+        )
+    except ValueError as exc:  # OpenMM: no template for a residue, missing atoms, ...
+        from moltune.common.errors import InvalidInputError
+
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInputError(f"{DEFAULT_FORCEFIELD} cannot describe this molecule: {first}") from exc
     for i, force in enumerate(system.getForces()):
         force.setForceGroup(i)
     return system

@@ -27,7 +27,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from moltune.common.errors import InputFileError, InvalidInputError
+from moltune.common.errors import InvalidInputError, check_pdb_file
 from moltune.common.io import write_text
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -220,20 +220,25 @@ def build_peptide(
     return Peptide(topology=topology, positions_nm=pos, sequence=seq, caps=bool(caps))
 
 
-def peptide_from_pdb(path: str | Path) -> Peptide:
-    """Read a peptide PDB (e.g. one written by ``moltune peptide build``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"peptide PDB {str(path)!r} does not exist")
+def read_pdb(path: str | Path) -> app.PDBFile:
+    """The one PDB reader of moltune.physics: OpenMM's, with one clear error for a missing,
+    empty, non-PDB or broken file, no atoms, or non-finite coordinates."""
+    path = check_pdb_file(path)
     try:
         pdb = app.PDBFile(str(path))
     except Exception as exc:
-        raise InvalidInputError(f"cannot read PDB {str(path)!r}: {exc}") from exc
+        raise InvalidInputError(f"cannot read PDB file {path}: {type(exc).__name__}: {exc}") from exc
+    if pdb.topology.getNumAtoms() == 0:
+        raise InvalidInputError(f"PDB file {path} holds no atoms")
+    if not np.all(np.isfinite(pdb.getPositions(asNumpy=True)._value)):
+        raise InvalidInputError(f"PDB file {path} has non-finite coordinates")
+    return pdb
+
+
+def peptide_from_pdb(path: str | Path) -> Peptide:
+    """Read a peptide PDB (e.g. one written by ``moltune peptide build``)."""
+    pdb = read_pdb(path)
     pos = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer), np.float64)
-    if pos.size == 0:
-        raise InvalidInputError(f"PDB {str(path)!r} contains no atoms")
-    if not np.all(np.isfinite(pos)):
-        raise InvalidInputError(f"PDB {str(path)!r} has non-finite coordinates")
     names = [r.name for r in pdb.topology.residues()]
     caps = any(n in CAP_RESIDUES for n in names)
     seq = "".join(ONE_LETTER.get(n, "X") for n in names if n not in CAP_RESIDUES)

@@ -112,12 +112,19 @@ def load_pt_data(directory: str | Path) -> PTData:
     """Load a PT directory written by ``moltune pt simulate`` (complete or partial run)."""
     d = Path(directory)
     if not d.is_dir():
-        raise InputFileError(f"PT data directory {str(d)!r} does not exist")
+        what = "is a file, not a folder" if d.exists() else "does not exist"
+        raise InputFileError(f"PT data directory {str(d)!r} {what}")
     for name in (TOPOLOGY_FILE, METADATA_FILE):
         if not (d / name).is_file():
             raise InputFileError(f"{str(d)!r} is not a PT data directory: {name} is missing")
-    metadata = json.loads((d / METADATA_FILE).read_text())
-    temps = np.asarray(metadata["temperatures_K"], dtype=np.float64)
+    try:
+        metadata = json.loads((d / METADATA_FILE).read_text())
+        temps = np.asarray(metadata["temperatures_K"], dtype=np.float64)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"{str(d / METADATA_FILE)!r} is not readable PT metadata ({type(exc).__name__}: "
+            f"{exc}); the run is damaged or not a moltune PT run"
+        ) from exc
     if (d / DATA_FILE).is_file() and not _extended_since_consolidation(d):
         z = _read_npz(d / DATA_FILE)
         frames = {k: z[k] for k in FRAME_KEYS + SWAP_KEYS}

@@ -22,6 +22,7 @@ transport flow this way); the default, :func:`plain_swap_move`, is the plain swa
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
@@ -33,8 +34,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from openmm import app
 
-from moltune.common.errors import InvalidInputError, UserError
+from moltune.common.errors import InvalidInputError, UserError, check_output_dir
 from moltune.common.io import save_npz, write_json
 from moltune.physics.ptdata import (
     CHUNK_DIR,
@@ -455,6 +457,68 @@ def _trajectory_settings(cfg: PTConfig) -> dict:
     return {k: d[k] for k in TRAJECTORY_KEYS}
 
 
+METADATA_FORMAT = "moltune-pt-1"
+# Files a run writes into its folder: found without a run's metadata.json, they are someone else's.
+RUN_FILES = (TOPOLOGY_FILE, STATE_FILE, DATA_FILE, CHUNK_DIR)
+
+
+def _damaged(out: Path, name: str, exc: BaseException) -> UserError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return UserError(
+        f"the run in {str(out)!r} is damaged: {name} cannot be read "
+        f"({type(exc).__name__}: {reason}); start again with a new --out"
+    )
+
+
+def _read_own_metadata(out: Path) -> dict | None:
+    """The metadata of the PT run in ``out``, None for a folder without a run; refuses a folder
+    whose metadata.json or run files this command did not write (it never overwrites them)."""
+    path = out / METADATA_FILE
+    if not path.exists():
+        found = [n for n in RUN_FILES if (out / n).exists()]
+        if found:
+            raise UserError(
+                f"{str(out)!r} holds {', '.join(found)} but no {METADATA_FILE}: not a "
+                "moltune PT run; choose a new --out (nothing is overwritten)"
+            )
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(
+            f"{path} is not a moltune PT run's metadata ({type(exc).__name__}); if "
+            "the run is damaged start again with a new --out (nothing is "
+            "overwritten)"
+        ) from exc
+    if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+        raise UserError(
+            f"{path} was not written by moltune pt simulate; choose a new --out "
+            "(nothing is overwritten)"
+        )
+    return meta
+
+
+def _system_xml(topology, cfg: PTConfig) -> str:
+    """Serialised OpenMM System of ``topology``; checks the platform exists before any file."""
+    import openmm
+
+    from moltune.physics.forcefield import create_system
+
+    system = create_system(topology, cfg.solvent)
+    try:
+        openmm.Platform.getPlatformByName(cfg.platform)
+    except Exception as exc:
+        names = [
+            openmm.Platform.getPlatform(i).getName()
+            for i in range(openmm.Platform.getNumPlatforms())
+        ]
+        raise InvalidInputError(
+            f"OpenMM platform {cfg.platform!r} is not available; "
+            f"this machine has {', '.join(names)}"
+        ) from exc
+    return openmm.XmlSerializer.serialize(system)
+
+
 def simulate(
     peptide_spec: Any,
     out_dir: str | Path,
@@ -472,7 +536,7 @@ def simulate(
     """
     move = plain_swap_move if swap_move is None else swap_move
     from moltune.common.run import package_versions
-    from moltune.physics.forcefield import DEFAULT_FORCEFIELD, SOLVENT_FILES, create_system
+    from moltune.physics.forcefield import DEFAULT_FORCEFIELD, SOLVENT_FILES
     from moltune.physics.peptide import Peptide, load_peptide, peptide_from_pdb
 
     out = Path(out_dir)
@@ -485,9 +549,10 @@ def simulate(
     swap_steps, save_steps = cfg.steps(cfg.swap_interval_ps), cfg.steps(cfg.save_interval_ps)
     ckpt_steps = cfg.steps(cfg.checkpoint_interval_ps)
 
-    resumed = (out / STATE_FILE).is_file()
+    check_output_dir(out)
+    meta = _read_own_metadata(out)
+    resumed = meta is not None and (out / STATE_FILE).is_file()
     if resumed:
-        meta = json.loads((out / METADATA_FILE).read_text())
         mismatched = {
             k: (meta.get(k), v)
             for k, v in _trajectory_settings(cfg).items()
@@ -498,16 +563,29 @@ def simulate(
                 f"{str(out)!r} holds a run with other settings ({mismatched}; stored, given); "
                 "use the same settings to resume or choose a new --out"
             )
-        stored = peptide_from_pdb(out / TOPOLOGY_FILE)
+        try:
+            stored = peptide_from_pdb(out / TOPOLOGY_FILE)
+        except UserError as exc:
+            raise _damaged(out, TOPOLOGY_FILE, exc) from exc
         if [a.name for a in stored.topology.atoms()] != [a.name for a in peptide.topology.atoms()]:
             raise UserError(f"{str(out)!r} holds a run of another peptide ({stored.sequence})")
         topology = stored.topology
-        state, saved_platform = RunState.load(out / STATE_FILE)
+        try:
+            state, saved_platform = RunState.load(out / STATE_FILE)
+        except Exception as exc:
+            raise _damaged(out, STATE_FILE, exc) from exc
         if state.step > n_total:
             raise UserError(
                 f"{str(out)!r} already ran {(state.step - n_eq) * cfg.dt_ps / 1000:.4g} ns, more "
                 f"than --time-ns {cfg.time_ns}; give at least that or choose a new --out"
             )
+    else:
+        # The topology as topology.pdb will give it back, so a resume builds the same System
+        # (same term order, hence bit-identical forces).
+        topology = app.PDBFile(io.StringIO(peptide.pdb_string())).topology
+        state = None
+    system_xml = _system_xml(topology, cfg)  # refuses unknown residues and platforms
+    if resumed:
         if state.step < n_total and (out / DATA_FILE).is_file():
             (out / DATA_FILE).unlink()  # being extended: the chunks are the data until the end
         for stale in (out / CHUNK_DIR).glob("chunk_*.npz"):  # written after the last state
@@ -516,9 +594,8 @@ def simulate(
     else:
         out.mkdir(parents=True, exist_ok=True)
         peptide.write_pdb(out / TOPOLOGY_FILE)
-        topology = peptide.topology
         meta = {
-            "format": "moltune-pt-1",
+            "format": METADATA_FORMAT,
             "peptide": {
                 "sequence": peptide.sequence,
                 "caps": peptide.caps,
@@ -539,14 +616,10 @@ def simulate(
             "units": {"xyz": "nm", "energy": "kJ/mol", "time": "ps", "temperature": "K"},
             "package_versions": package_versions(),
         }
-        state = None
     meta.update(time_ns=cfg.time_ns, complete=False, workers=cfg.workers, threads=cfg.threads,
                 platform=cfg.platform)  # fmt: skip
     write_json(out / METADATA_FILE, meta)
 
-    import openmm
-
-    system_xml = openmm.XmlSerializer.serialize(create_system(topology, cfg.solvent))
     replicas = ReplicaSet(system_xml, cfg)
     try:
         if state is None:

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from moltune.common.errors import InvalidInputError
+from moltune.common.errors import (
+    InputFileError,
+    InvalidInputError,
+    check_input_file,
+    check_number,
+    check_output_dir,
+)
 from moltune.common.io import sha256_file
 
 log = logging.getLogger(__name__)
@@ -60,6 +66,23 @@ class BaselineConfig:
     batch_size: int = 16
     progress: bool = True
     threads: int = 0  # torch intra-op threads (0: leave as is)
+
+    def __post_init__(self) -> None:
+        """Refuse nonsense settings before any work (CLI flag names in the messages)."""
+        if len(self.seeds) < 2:
+            raise InvalidInputError("the protocol needs at least two seeds (seed-to-seed variance)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InvalidInputError(f"--seeds must be different seeds, got {list(self.seeds)}")
+        if self.metric not in METRICS:
+            raise InvalidInputError(f"metric must be one of {METRICS}")
+        check_number("--n-samples", self.n_samples, minimum=1)
+        check_number("--timesteps", self.timesteps, minimum=1)
+        check_number("--random-film-gain", float(self.random_film_gain), minimum=0)
+        check_number("--max-pockets", self.max_pockets, minimum=0)
+        check_number("--threads", self.threads, minimum=0)
+        check_number("--batch-size", self.batch_size, minimum=1)
+        for d in self.film_hidden_dims:
+            check_number("--film-hidden-dims", d, minimum=1)
 
 
 def resolve_adapter(spec: str) -> Path:
@@ -190,10 +213,10 @@ def run_baselines(cfg: BaselineConfig) -> dict[str, Any]:
     from moltune.validation.controls import ControlProtocol, Variant, write_report
     from moltune.validation.stats import bootstrap_ci
 
-    if len(cfg.seeds) < 2:
-        raise InvalidInputError("the protocol needs at least two seeds (seed-to-seed variance)")
-    if cfg.metric not in METRICS:
-        raise InvalidInputError(f"metric must be one of {METRICS}")
+    check_output_dir(cfg.out)
+    check_input_file(cfg.checkpoint, "checkpoint")
+    if not Path(cfg.data).is_dir():
+        raise InputFileError(f"data folder not found: {cfg.data}")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     out = Path(cfg.out)

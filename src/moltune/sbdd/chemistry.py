@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from moltune.common.errors import InputFileError, InvalidInputError, UserError
+from moltune.common.errors import (
+    InputFileError,
+    InvalidInputError,
+    UserError,
+    check_input_file,
+    check_sdf_file,
+)
 from moltune.sbdd.vocab import ELEMENTS
 
 # --------------------------------------------------------------------------------------------
@@ -498,20 +504,39 @@ def novelty(smiles: Sequence[str], train_smiles: Iterable[str]) -> float | None:
 def read_smiles_file(path: str | os.PathLike) -> list[str]:
     """Training SMILES from ``.npy`` (as ``moltune sbdd process`` writes), ``.txt``/``.smi``
     (one per line, first column) or ``.csv`` (a ``smiles`` column)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"training SMILES file not found: {path}")
-    if path.suffix == ".npy":
-        return [str(s) for s in np.load(path, allow_pickle=False)]
-    if path.suffix == ".csv":
-        import pandas as pd
+    from rdkit import Chem, RDLogger
 
-        df = pd.read_csv(path)
-        col = next((c for c in df.columns if c.lower() == "smiles"), None)
-        if col is None:
-            raise InvalidInputError(f"{path} has no 'smiles' column")
-        return [str(s) for s in df[col].dropna()]
-    return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    path = check_input_file(path, "training SMILES file")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "US" or arr.ndim != 1:
+                raise ValueError("not a one-dimensional array of strings")
+            smiles = [str(s) for s in arr]
+        elif path.suffix == ".csv":
+            import pandas as pd
+
+            df = pd.read_csv(path)
+            col = next((c for c in df.columns if str(c).lower() == "smiles"), None)
+            if col is None:
+                raise InvalidInputError(f"{path} has no 'smiles' column")
+            smiles = [str(s) for s in df[col].dropna()]
+        else:
+            smiles = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
+    except UserError:
+        raise
+    except Exception as exc:  # any reader failure: not a SMILES file
+        raise InvalidInputError(f"cannot read training SMILES file {path}: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        n_ok = sum(Chem.MolFromSmiles(s, sanitize=False) is not None for s in smiles[:100])
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    if not smiles or n_ok == 0:
+        raise InvalidInputError(f"training SMILES file {path} holds no SMILES "
+                                "(one per line, a 'smiles' CSV column or a .npy of strings)")
+    return smiles
 
 
 # --------------------------------------------------------------------------------------------
@@ -565,17 +590,18 @@ def posebusters_checks(
 # --------------------------------------------------------------------------------------------
 # Evaluating a file of generated molecules
 # --------------------------------------------------------------------------------------------
-def read_sdf_molecules(path: str | os.PathLike) -> list[Any]:
-    """Every record of an SDF file, unsanitised (None where a record cannot be parsed)."""
+def read_sdf_molecules(path: str | os.PathLike, what: str = "molecule file") -> list[Any]:
+    """The one SDF reader of moltune.sbdd: every record, unsanitised (None where a record cannot
+    be parsed); a missing, empty or non-SDF file, or one where no record parses, is refused."""
     from rdkit import Chem
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"molecule file not found: {path}")
-    supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False)
-    mols = [m for m in supplier]
-    if not mols:
-        raise InvalidInputError(f"{path} holds no molecule records")
+    path = check_sdf_file(path, what)
+    try:
+        mols = list(Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {path}: {exc}") from exc
+    if not any(m is not None for m in mols):
+        raise InvalidInputError(f"{what} {path} holds no readable molecule")
     return mols
 
 

@@ -20,6 +20,8 @@ import json
 import logging
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from moltune.common.errors import InputFileError, InvalidInputError, UserError
-from moltune.common.io import save_npy, save_npz, write_json, write_text
+from moltune.common.errors import (
+    InputFileError,
+    InvalidInputError,
+    UserError,
+    check_number,
+    check_output_dir,
+    check_pdb_file,
+)
+from moltune.common.io import current_umask, save_npy, save_npz, write_json, write_text
 from moltune.sbdd.vocab import ELEMENT_INDEX, ELEMENTS, N_ELEMENTS
 
 log = logging.getLogger(__name__)
@@ -128,13 +137,9 @@ def ligand_from_mol(mol: Any, name: str = "ligand") -> Ligand:
 
 def ligand_from_sdf(path: str | os.PathLike) -> Ligand:
     """Read the first record of an SDF file and featurise its heavy atoms (hydrogens removed)."""
-    from rdkit import Chem
+    from moltune.sbdd.chemistry import read_sdf_molecules
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(f"ligand file not found: {path}")
-    supplier = Chem.SDMolSupplier(str(path), sanitize=False, removeHs=False)
-    mol = next(iter(supplier), None) if len(supplier) > 0 else None
+    mol = read_sdf_molecules(path, "ligand file")[0]
     if mol is None:
         raise InvalidInputError(f"cannot parse the first molecule of {path}")
     return ligand_from_mol(mol, name=str(path))
@@ -210,8 +215,7 @@ def _load_structure(pdb_path: Path) -> Any:
 
     from Bio.PDB import PDBParser
 
-    if not pdb_path.is_file():
-        raise InputFileError(f"protein file not found: {pdb_path}")
+    check_pdb_file(pdb_path, "protein file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -587,8 +591,19 @@ def process_complexes(
     """
     from tqdm import tqdm
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_number("--val-fraction", val_fraction, minimum=0, below=1)
+    check_number("--test-fraction", test_fraction, minimum=0, below=1)
+    check_number("--val-fraction + --test-fraction", val_fraction + test_fraction, below=1)
+    check_number("--cutoff", cutoff_A, above=0)
+    check_number("contact distance", contact_A, above=0)
+    check_number("--min-contact-fraction", min_contact_fraction, minimum=0, maximum=1)
+    check_number("--min-identity", min_identity, minimum=0, maximum=1)
+    final = check_output_dir(out_dir)
+    if final.is_dir() and any(final.iterdir()) and not (final / "summary.json").is_file():
+        raise InvalidInputError(f"--out {final} holds files that are not a processed data set; "
+                                "choose a new or empty folder (nothing is overwritten)")
+    if not Path(src_dir).is_dir():
+        raise InputFileError(f"complexes folder not found: {src_dir}")
     complexes, skipped = find_complexes(src_dir)
 
     provider = None
@@ -615,10 +630,9 @@ def process_complexes(
             continue
         done.append(pc)
     if not done:
-        write_json(out / "skipped.json", skipped)
-        raise InvalidInputError(
-            f"no complex of {src_dir} could be processed; reasons in {out / 'skipped.json'}"
-        )
+        reasons = "; ".join(f"{x['id']}: {x['reason']}" for x in skipped[:3])
+        raise InvalidInputError(f"no complex of {src_dir} could be processed ({reasons}"
+                                f"{', ...' if len(skipped) > 3 else ''})")
 
     by_id = {c.id: c for c in done}
     groups = group_by_protein({c.id: c.pocket.chain_sequences for c in done}, min_identity)
@@ -639,6 +653,39 @@ def process_complexes(
     else:
         assignment = split_groups(groups, val_fraction, test_fraction, seed)
 
+    if not any(assignment[i] == "train" for i in by_id):
+        raise InvalidInputError(
+            f"the training split would be empty ({len(by_id)} usable complex(es), "
+            f"{len(groups)} protein group(s)); add complexes or lower --val/test-fraction")
+    # Written into a staging folder that replaces ``final`` at the end: an older processing's
+    # files never linger, and an interrupted run leaves the old folder as it was.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        summary = _write_processed(out, src_dir, complexes, skipped, done, by_id, groups,
+                                   assignment, split, seed, val_fraction, test_fraction,
+                                   min_identity, embedding, cutoff_A, contact_A,
+                                   min_contact_fraction)
+        # the permissions the folder had, or those a plain mkdir gives
+        os.chmod(out, stat.S_IMODE(final.stat().st_mode) if final.exists()
+                 else 0o777 & ~current_umask())
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(out, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(out, final)
+    finally:
+        if out.exists():
+            shutil.rmtree(out)
+    return summary
+
+
+def _write_processed(out, src_dir, complexes, skipped, done, by_id, groups, assignment, split,
+                     seed, val_fraction, test_fraction, min_identity, embedding, cutoff_A,
+                     contact_A, min_contact_fraction) -> dict[str, Any]:
+    """Write the processed layout of :func:`process_complexes` into ``out``; the summary."""
     summary_splits: dict[str, list[str]] = {}
     for name in SPLITS:
         items = [by_id[i] for i in sorted(by_id) if assignment[i] == name]

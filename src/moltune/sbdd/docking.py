@@ -134,22 +134,16 @@ class DockingResult:
 def read_ligands(sdf_path: str | os.PathLike) -> list[Any]:
     """Read every record of an SDF without sanitising (so bad molecules reach the per-molecule
     checks with a message); an unparsable record is kept as ``None`` at its index."""
-    from rdkit import Chem
+    from moltune.sbdd.chemistry import read_sdf_molecules
 
-    path = Path(sdf_path)
-    if not path.is_file():
-        raise InputFileError(f"ligand file not found: {path}")
-    supplier = Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)
-    mols = [m for m in supplier]
-    if not mols:
-        raise InvalidInputError(f"{path} contains no SDF records")
-    return mols
+    return read_sdf_molecules(sdf_path, "ligand file")
 
 
 def read_reference_ligand(sdf_path: str | os.PathLike):
     """First molecule of an SDF, sanitised (raises a UserError naming the file when it fails)."""
-    mols = read_ligands(sdf_path)
-    mol = mols[0]
+    from moltune.sbdd.chemistry import read_sdf_molecules
+
+    mol = read_sdf_molecules(sdf_path, "reference ligand file")[0]
     if mol is None:
         raise InvalidInputError(f"reference ligand in {sdf_path} could not be parsed")
     if mol.GetNumConformers() == 0:

@@ -175,6 +175,19 @@ ESMC_HOW_TO = (
 )
 
 
+ESMC_HEAD_DIM = 64  # every ESM-C size (300M: 960 = 15 x 64, 600M: 1152 = 18 x 64)
+
+
+def esmc_shape(state: dict) -> tuple[int, int]:
+    """(d_model, n_layers) of an ESM-C state dict, read from its tensors."""
+    d_model = int(state["embed.weight"].shape[1])
+    blocks = {int(k.split(".")[2]) for k in state if k.startswith("transformer.blocks.")}
+    if not blocks or d_model % ESMC_HEAD_DIM:
+        raise ValueError(f"no transformer blocks or d_model {d_model} not a multiple of "
+                         f"{ESMC_HEAD_DIM}")
+    return d_model, max(blocks) + 1
+
+
 def _find_esmc_weights(path: Path) -> Path:
     if path.is_file():
         return path
@@ -192,8 +205,9 @@ def _find_esmc_weights(path: Path) -> Path:
 
 
 class ESMCEmbedding:
-    """ESM-C 300M from local weights; mean of the pocket residues' per-residue embeddings,
-    each chain embedded with its full sequence as context (chunks of ``max_len`` residues)."""
+    """ESM-C from local weights (size and layer count read from them; 300M gives 960 values);
+    mean of the pocket residues' per-residue embeddings, each chain embedded with its full
+    sequence as context (chunks of ``max_len`` residues), through esm's public encode/logits."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", max_len: int = 2000):
         self.path = Path(path)
@@ -216,29 +230,29 @@ class ESMCEmbedding:
                 f"the 'esm' package is needed for ESM-C embeddings ({exc}); install it with "
                 "`pip install 'moltune[esm]'`"
             ) from exc
-        model = ESMC(d_model=960, n_heads=15, n_layers=30,
-                     tokenizer=get_esmc_model_tokenizers(), use_flash_attn=False)
         try:
             state = torch.load(self.weights, map_location="cpu", weights_only=True)
+            d_model, n_layers = esmc_shape(state)
+            model = ESMC(d_model=d_model, n_heads=d_model // ESMC_HEAD_DIM, n_layers=n_layers,
+                         tokenizer=get_esmc_model_tokenizers(), use_flash_attn=False)
             model.load_state_dict(state)
         except Exception as exc:
-            raise InvalidInputError(
-                f"{self.weights} is not an ESM-C 300M state dict: {exc}") from exc
+            raise InvalidInputError(f"{self.weights} is not an ESM-C state dict: {exc}") from exc
+        self.dim = d_model
         self._model = model.to(self.device).eval().float()
         return self._model
 
     def residue_embeddings(self, sequence: str) -> np.ndarray:
-        """[len(sequence), 960] float32 per-residue embeddings."""
-        import torch
+        """[len(sequence), d_model] float32 per-residue embeddings (960 for ESM-C 300M)."""
+        from esm.sdk.api import ESMProtein, LogitsConfig
 
         model = self._load()
+        config = LogitsConfig(sequence=False, return_embeddings=True)
         out = []
         for start in range(0, len(sequence), self.max_len):
             chunk = sequence[start:start + self.max_len]
-            tokens = model._tokenize([chunk]).to(self.device)
-            with torch.no_grad():
-                emb = model(sequence_tokens=tokens).embeddings[0, 1:-1]
-            out.append(emb.float().cpu().numpy())
+            emb = model.logits(model.encode(ESMProtein(sequence=chunk)), config).embeddings
+            out.append(emb[0, 1:-1].float().cpu().numpy())  # drop the BOS/EOS positions
         return np.concatenate(out)
 
     def embed(self, pocket: Any) -> np.ndarray:

@@ -93,9 +93,10 @@ def generate(
         sizes = [int(n) for n in num_atoms]
         if len(sizes) != n_samples:
             raise InvalidInputError(f"{len(sizes)} ligand sizes given for {n_samples} samples")
-    if min(sizes) < 1:
-        # A 0-atom draw from the histogram (possible, tiny probability) becomes 1 atom.
-        sizes = [max(1, n) for n in sizes]
+    if num_atoms is not None and min(sizes) < 1:
+        raise InvalidInputError(f"ligand sizes must be >= 1 atom, got {min(sizes)}")
+    # A 0-atom draw from the histogram (possible, tiny probability) becomes 1 atom.
+    sizes = [max(1, n) for n in sizes]
     steps = model.ddpm.T if timesteps is None else int(timesteps)
     if not 1 <= steps:
         raise InvalidInputError(f"timesteps must be >= 1, got {steps}")
