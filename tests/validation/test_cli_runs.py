@@ -105,11 +105,11 @@ def test_output_path_problems_are_one_line(tmp_path, capsys):
     run = _tiny_run(tmp_path / "run")
     (tmp_path / "afile").write_text("x")
     _one_line_exit_2(["runs", "diagnose", str(run), "--out", str(tmp_path / "afile")], capsys,
-                     "not a folder")
+                     "is a file; give a folder")
     _one_line_exit_2(["runs", "compare", str(run), str(run), "--metric", "val_loss", "--out",
-                      str(tmp_path / "afile")], capsys, "not a folder")
+                      str(tmp_path / "afile")], capsys, "is a file; give a folder")
     (run / "overfitting.json").mkdir()
-    _one_line_exit_2(["runs", "overfitting", str(run)], capsys, "in the way")
+    _one_line_exit_2(["runs", "overfitting", str(run)], capsys, "is a folder; give a file path")
     (run / "overfitting.json").rmdir()
     if os.geteuid() != 0:  # root writes into read-only folders
         ro = tmp_path / "ro"
@@ -117,7 +117,7 @@ def test_output_path_problems_are_one_line(tmp_path, capsys):
         ro.chmod(0o555)
         try:
             _one_line_exit_2(["runs", "diagnose", str(run), "--out", str(ro / "d")], capsys,
-                             "read-only")
+                             "not writable")
         finally:
             ro.chmod(0o755)
 

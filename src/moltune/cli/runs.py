@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
-from moltune.common.errors import InputFileError, InvalidInputError
+from moltune.common.errors import (
+    InvalidInputError,
+    check_output_dir,
+    check_output_file,
+)
 
 _ROLE_HELP = ("assign a log column to a role, repeatable: ROLE=COLUMN (roles: train_loss, "
               "val_loss, grad_norm, lr, val_samples, energy_forward, ..., quality:NAME)")
@@ -25,26 +28,11 @@ def _finite(name: str, value: float | None) -> None:
 
 
 def check_output(folder: str | Path, names: tuple[str, ...]) -> Path:
-    """Refuse (one line, exit 2) an output folder that is a file, holds a folder where an output
-    file goes, or cannot be written; creates nothing."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InvalidInputError(f"{folder}: output path exists and is not a folder")
+    """Refuse (one line, exit 2) an output folder, or any of its output files ``names``, that
+    cannot be written; creates nothing."""
+    folder = check_output_dir(folder)
     for name in names:
-        target = folder / name
-        if target.is_dir():
-            raise InvalidInputError(f"{target}: a folder is in the way of the output file")
-        for parent in target.relative_to(folder).parents:
-            if (folder / parent).exists() and not (folder / parent).is_dir():
-                raise InvalidInputError(f"{folder / parent}: a file is in the way of the output "
-                                        "folder")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise InvalidInputError(f"{probe}: not a folder, cannot hold the output {folder}")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputFileError(f"{probe}: folder is read-only, cannot write {folder}")
+        check_output_file(folder / name)
     return folder
 
 
