@@ -128,3 +128,134 @@ def test_cli_flags_and_alias(pt_dir, tmp_path):
     assert args.data == str(pt_dir) and args.lr == 0.01 and args.out == str(tmp_path / "r2")
     with pytest.raises(SystemExit):
         parser.parse_args(["pt", "train", "--steps", "5", "--epochs", "2", "--out", "x"])
+
+
+# ----------------------------------------------------------------------------- refusals (issue 15)
+@pytest.fixture(scope="module")
+def odd_dirs(tmp_path_factory):
+    """Tiny PT runs that cannot train with ``pt_dir``: one temperature, and another peptide."""
+    from moltune.physics.replica_exchange import PTConfig, simulate
+
+    root = tmp_path_factory.mktemp("odd")
+    kw = dict(time_ns=0.002, save_interval_ps=0.1, swap_interval_ps=0.1, equilibration_ps=0.5,
+              checkpoint_interval_ps=10.0, seed=1)  # fmt: skip
+    simulate("AA", root / "one_t", PTConfig(temperatures_K=[300.0], **kw), progress=False)
+    simulate("AS", root / "as", PTConfig(temperatures_K=[300.0, 450.0], **kw), progress=False)
+    return root
+
+
+def _refused(capsys, argv, out):
+    """Exit status 2, one line naming the problem, no traceback, nothing created at ``out``."""
+    from moltune.cli.main import main
+
+    before = sorted(p.relative_to(out) for p in out.rglob("*")) if out.exists() else None
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, (argv, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    after = sorted(p.relative_to(out) for p in out.rglob("*")) if out.exists() else None
+    assert after == before, f"{argv} changed {out}"
+    return err
+
+
+def test_pt_train_refuses_bad_input_before_creating_anything(pt_dir, odd_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["pt", "train", "--preset", "aa_300_450", "--data", str(pt_dir), "--test-data", "none",
+            "--out", str(out)]  # fmt: skip
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("flow: [unclosed\n")
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text("lrr: 0.01\n")
+    nested = tmp_path / "nested.yml"
+    nested.write_text("flow: 5\n")
+    cases = {
+        ("--steps", "-3"): "steps", ("--steps", "0"): "steps", ("--batch-size", "0"): "batch_size",
+        ("--lr", "-1"): "lr", ("--preset", "bogus"): "bogus", ("--preset", str(bad_yaml)): "YAML",
+        ("--preset", str(unknown)): "lrr", ("--preset", str(nested)): "flow",
+        ("--devices", "0"): "devices", ("--precision", "8-true"): None,
+        ("--data", str(odd_dirs / "one_t")): "one temperature",
+        ("--test-data", str(odd_dirs / "as")): "another peptide",
+        ("--batch-size", "100000"): "fewer than one batch",
+    }  # fmt: skip
+    for flags, word in cases.items():
+        if word is None:  # argparse refuses it (exit status 2 from the parser)
+            with pytest.raises(SystemExit) as exc:
+                _refused(capsys, base + list(flags), out)
+            assert exc.value.code == 2 and not out.exists()
+            capsys.readouterr()
+            continue
+        assert word in _refused(capsys, base + list(flags), out), flags
+
+    # missing data: the error names the exact command that makes it; nothing is created
+    root = tmp_path / "empty_root"
+    root.mkdir()
+    err = _refused(capsys, ["pt", "train", "--preset", "aa_300_450", "--data-root", str(root),
+                            "--out", str(out)], out)  # fmt: skip
+    assert f"moltune pt simulate --peptide AA --time-ns 2 --save-interval-ps 0.5 --seed 1 --out " \
+           f"{root / 'aa_pt_train'}" in err and not list(root.iterdir())
+
+    # a truncated last.ckpt: --resume refuses it and changes nothing
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    err = _refused(capsys, base + ["--steps", "5", "--resume"], out)
+    assert "damaged" in err
+
+
+# ----------------------------------------------------------------------------- device safety
+class _Float32Spy(torch.overrides.TorchFunctionMode):
+    """Records every op that receives a float32 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_flatten
+
+        flat, _ = tree_flatten((args, kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in flat):
+            self.seen.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def _module_and_batches(pt_dir):
+    from moltune.flow.lightning import TransportDataModule, TransportModule
+    from moltune.flow.train import build_flow
+    from moltune.physics.energy import TorchEnergy
+    from moltune.physics.ptdata import load_pt_data
+
+    data = load_pt_data(pt_dir)
+    dm = TransportDataModule(data, None, [(0, 1)], batch_size=8, val_pairs=8, val_fraction=0.2)
+    flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
+    flow.representation.fit(np.asarray(data.xyz_nm[0]))
+    module = TransportModule(flow, TorchEnergy.from_topology(data.topology), dm.reference_energies())
+    return module, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+
+
+def _steps_under_spy(module, train_batch, val_batch, dtype):
+    x, y, ts, tt = train_batch
+    vx, vy, *rest = val_batch
+    spy = _Float32Spy()
+    with spy:
+        terms = module._terms(x.to(dtype), y.to(dtype), ts, tt)
+        (terms.loss_forward.mean() + terms.loss_inverse.mean()).backward()
+        module.on_validation_epoch_start()
+        module.validation_step((vx.to(dtype), vy.to(dtype), *rest), 0)
+    return spy.seen, terms
+
+
+def test_module_to_float64_moves_every_tensor_a_step_touches(pt_dir):
+    module, train_batch, val_batch = _module_and_batches(pt_dir)
+    # control: left in float32, the spy sees the network's float32 tensors
+    seen, _ = _steps_under_spy(module, train_batch, val_batch, torch.float32)
+    assert len(seen) > 10
+    module.to(torch.float64)
+    seen, terms = _steps_under_spy(module, train_batch, val_batch, torch.float64)
+    assert seen == [], sorted(set(seen))[:10]
+    assert np.isfinite(terms.loss_forward.detach().numpy()).all()
+    assert len(module._val) == 1 and np.isfinite(module._val[0][3].log_alpha).all()
+    # the energy stays float64 whatever the network's precision, and stays out of checkpoints
+    module.to(torch.bfloat16)
+    assert {b.dtype for b in module.energy.buffers() if b.is_floating_point()} == {torch.float64}
+    assert not [k for k in module.state_dict() if k.startswith(("energy.", "reference."))]
+    assert module.reference.u_kjmol.dtype == torch.float64

@@ -19,7 +19,6 @@ full fine-tuning, ``model-*.ckpt`` in the DiffSBDD layout), ``plots/``, ``report
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,10 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
+from moltune.common.training import TrainerConfig, lr_factor
 from moltune.validation.monitors import MonitorConfig
+
+__all__ = ["FinetuneConfig", "FinetuneModule", "lr_factor", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +129,7 @@ class FinetuneConfig:
     checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     monitors: MonitorConfig = field(default_factory=MonitorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -142,17 +145,25 @@ class FinetuneConfig:
         if self.checkpointing.mode not in ("min", "max") or self.early_stopping.mode not in (
                 "min", "max"):
             raise InvalidInputError("checkpointing.mode / early_stopping.mode must be min or max")
+        from moltune.common.training import check_positive, check_trainer_config
 
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str, min_fraction: float) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to
-    ``min_fraction`` at ``total`` (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+        o = self.optim
+        check_positive(**{"optim.lr": o.lr})
+        if not (0 <= o.min_lr_fraction <= 1) or o.weight_decay < 0 or o.grad_clip < 0:
+            raise InvalidInputError("optim.min_lr_fraction must be in [0, 1], optim.weight_decay "
+                                    "and optim.grad_clip >= 0")  # fmt: skip
+        if not isinstance(o.warmup_steps, int) or o.warmup_steps < 0:
+            raise InvalidInputError(f"optim.warmup_steps must be an integer >= 0, "
+                                    f"got {o.warmup_steps!r}")  # fmt: skip
+        if self.data.processed and not (Path(self.data.processed) / "train.npz").is_file():
+            raise InvalidInputError(f"{self.data.processed} is not a processed folder (no "
+                                    "train.npz); run `moltune sbdd process` or set "
+                                    "data.complexes")  # fmt: skip
+        if not self.data.processed and not Path(self.data.complexes).is_dir():
+            raise InvalidInputError(f"data.complexes {self.data.complexes} is not a folder")
+        if not Path(self.checkpoint).is_file():
+            raise InvalidInputError(f"pretrained checkpoint {self.checkpoint} not found")
+        check_trainer_config(self.trainer)
 
 
 # --------------------------------------------------------------------------- data
@@ -275,7 +286,7 @@ class FinetuneModule(pl.LightningModule):
         out = self.model(batch, embeddings=batch["embeddings"])
         b = len(batch["num_lig_atoms"])
         self.log("train/loss", out.loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=b)
+                 batch_size=b, sync_dist=True)
         return out.loss
 
     def validation_step(self, batch, batch_idx):
@@ -285,7 +296,7 @@ class FinetuneModule(pl.LightningModule):
         from moltune.sbdd.diffusion import gaussian_noise
 
         b = len(batch["num_lig_atoms"])
-        t_int = torch.randint(0, self.model.ddpm.T + 1, (b,), generator=gen)
+        t_int = torch.randint(0, self.model.ddpm.T + 1, (b,), generator=gen).to(self.device)
         losses = []
         for rep in range(4):
             t_rep = (t_int + rep * (self.model.ddpm.T // 4)) % (self.model.ddpm.T + 1)
@@ -295,10 +306,11 @@ class FinetuneModule(pl.LightningModule):
                                        training=True)
             losses.append(out.loss)
         loss = torch.stack(losses).mean()
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b,
+                 sync_dist=True)
         # validation set size, for `moltune runs diagnose` (small-validation finding)
         self.log("val/n_samples", float(b), on_step=False, on_epoch=True, reduce_fx="sum",
-                 batch_size=1)
+                 batch_size=1, sync_dist=True)
         return loss
 
     def configure_optimizers(self):
@@ -324,7 +336,7 @@ class FinetuneModule(pl.LightningModule):
         total = [p.grad.detach().float().norm(2) for p in self.parameters() if p.grad is not None]
         if total:
             self.log("train/grad_norm", float(torch.linalg.vector_norm(torch.stack(total))),
-                     on_step=True, on_epoch=False)
+                     on_step=True, on_epoch=False, sync_dist=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         every = max(1, self.cfg.diagnostics.every_n_steps)
@@ -343,7 +355,7 @@ class FinetuneModule(pl.LightningModule):
         if self._adapter_grad_norm is not None:
             stats["adapter/grad_norm"] = self._adapter_grad_norm
         for k, v in stats.items():
-            self.log(k, float(v), on_step=True, on_epoch=False)
+            self.log(k, float(v), on_step=True, on_epoch=False, sync_dist=True)
         return stats
 
 
@@ -387,27 +399,6 @@ def export_best(run_dir: Path, best_path: str | None, cfg: FinetuneConfig) -> di
 
 
 # --------------------------------------------------------------------------- run
-def _read_metrics(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path) if path.is_file() else None
-
-
-def _merge_metrics(path: Path, previous) -> None:
-    """Lightning's CSVLogger starts metrics.csv afresh on resume: put the earlier rows back
-    (those before the first resumed step), atomically."""
-    import pandas as pd
-
-    from moltune.common.io import atomic_path
-
-    new = pd.read_csv(path) if path.is_file() else previous.iloc[:0]
-    first = new["step"].min() if len(new) else np.inf
-    merged = pd.concat([previous[previous["step"] < first], new], ignore_index=True)
-    cols = ["epoch", "step"] + sorted(c for c in merged.columns if c not in ("epoch", "step"))
-    with atomic_path(path) as tmp:
-        merged[[c for c in cols if c in merged.columns]].to_csv(tmp, index=False)
-
-
 def _flat_metrics(run_dir: Path) -> dict[str, Any]:
     import pandas as pd
 
@@ -496,24 +487,18 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Run fine-tuning; returns a summary dict (``stopped``: the stopped.json content or None)."""
     import lightning.pytorch as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger
 
     from moltune.common.io import write_json
-    from moltune.common.run import RunDir, package_versions
+    from moltune.common.run import package_versions
+    from moltune.common.training import check_run_folder, fit, make_trainer, open_run
     from moltune.sbdd.evaluation import GenerationEvalCallback
     from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors, read_stopped
 
     cfg.validate()
+    last_ckpt = check_run_folder(cfg.out, resume)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    run = RunDir(Path(cfg.out))
-    last_ckpt = run.checkpoints / "last.ckpt"
-    if resume and not last_ckpt.is_file():
-        raise InvalidInputError(f"--resume: no {last_ckpt} to resume from")
-    if not resume and last_ckpt.is_file():
-        raise InvalidInputError(f"{run.path} already holds a run (checkpoints/last.ckpt); use "
-                                "--resume to continue it or choose another `out`")
-    run.write_config(cfg)
+    run = open_run(cfg.out, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pdir = resolve_processed(cfg, run.path)
     train_items, val_items = load_splits(cfg, pdir)
@@ -547,19 +532,16 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.metric, mode=es.mode, patience=es.patience,
                                        min_delta=es.min_delta, check_on_train_epoch_end=False))
-    logger = CSVLogger(save_dir=str(run.path.parent), name=run.path.name, version="")
-    trainer = L.Trainer(
-        default_root_dir=str(run.path), max_steps=cfg.max_steps, max_epochs=-1,
-        accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+    trainer = make_trainer(
+        cfg.trainer, run, callbacks, progress=cfg.progress, default_root_dir=str(run.path),
+        max_steps=cfg.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
         val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=cfg.progress,
-        enable_model_summary=False, deterministic=False,
-    )
-    previous = _read_metrics(run.metrics) if resume else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last_ckpt) if resume else None)
-    if previous is not None:
-        _merge_metrics(run.metrics, previous)
+        deterministic=False,
+    )  # fmt: skip
+    fit(trainer, module, run, last_ckpt, train_dataloaders=train_dl, val_dataloaders=val_dl)
+    if not trainer.is_global_zero:
+        return {"run_dir": str(run.path), "global_step": int(trainer.global_step), "rank": 1}
 
     # CSVLogger writes RUN/metrics.csv (save_dir/name/version '' = RUN)
     stopped = read_stopped(run.path)
@@ -574,7 +556,8 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         "best_checkpoint": ckpt_cb.best_model_path or None,
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
         else None,
-        "last_checkpoint": str(last_ckpt) if last_ckpt.is_file() else None,
+        "last_checkpoint": str(run.checkpoints / "last.ckpt")
+        if (run.checkpoints / "last.ckpt").is_file() else None,
         "exported": exported, "stopped": stopped,
         "generation_evals": evaluator.history, "versions": package_versions(),
     }
