@@ -137,8 +137,8 @@ def odd_dirs(tmp_path_factory):
     from moltune.physics.replica_exchange import PTConfig, simulate
 
     root = tmp_path_factory.mktemp("odd")
-    kw = dict(time_ns=0.002, save_interval_ps=0.1, swap_interval_ps=0.1, equilibration_ps=0.5,
-              checkpoint_interval_ps=10.0, seed=1)  # fmt: skip
+    kw = {"time_ns": 0.002, "save_interval_ps": 0.1, "swap_interval_ps": 0.1,
+          "equilibration_ps": 0.5, "checkpoint_interval_ps": 10.0, "seed": 1}
     simulate("AA", root / "one_t", PTConfig(temperatures_K=[300.0], **kw), progress=False)
     simulate("AS", root / "as", PTConfig(temperatures_K=[300.0, 450.0], **kw), progress=False)
     return root
