@@ -259,3 +259,83 @@ def test_module_to_float64_moves_every_tensor_a_step_touches(pt_dir):
     assert {b.dtype for b in module.energy.buffers() if b.is_floating_point()} == {torch.float64}
     assert not [k for k in module.state_dict() if k.startswith(("energy.", "reference."))]
     assert module.reference.u_kjmol.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- DDP on the CPU
+def _launch(args, cwd):
+    """``moltune ARGS`` in a fresh process (Lightning's DDP launcher re-runs the command)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    script = shutil.which("moltune")
+    if script is None:
+        pytest.skip("the moltune console script is not installed")
+    r = subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True,
+                       check=False,
+                       text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_like_one_on_the_global_batch_and_resume(pt_dir, tmp_path):
+    preset = tmp_path / "tiny.yml"
+    preset.write_text("flow: {name: baseline_ic}\ndata: {val_pairs: 16, val_fraction: 0.2}\n"
+                      "batch_size: 16\nlr: 0.02\nwarmup_steps: 1\nsteps: 4\nval_every_steps: 2\n"
+                      "max_minutes: null\ntop_k: 1\n")  # fmt: skip
+    base = ["pt", "train", "--preset", str(preset), "--data", str(pt_dir), "--test-data", "none",
+            "--accelerator", "cpu"]  # fmt: skip
+    _launch(base + ["--devices", "1", "--out", "one"], tmp_path)
+    _launch(base + ["--devices", "2", "--strategy", "ddp", "--out", "ddp"], tmp_path)
+    one = torch.load(tmp_path / "one/checkpoints/last.ckpt", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)
+    assert one["global_step"] == ddp["global_step"] == 4
+    flow_keys = [k for k in one["state_dict"] if k.startswith("flow.")]
+    assert flow_keys
+    for k in flow_keys:  # each rank took its half of every global batch of 16
+        torch.testing.assert_close(ddp["state_dict"][k], one["state_dict"][k], rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+    summary = pd.read_json(tmp_path / "ddp/train_summary.json", typ="series")
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    first = pd.read_csv(tmp_path / "one/metrics.csv")["train/loss"].dropna().to_numpy()
+    both = pd.read_csv(tmp_path / "ddp/metrics.csv")["train/loss"].dropna().to_numpy()
+    np.testing.assert_allclose(both, first, rtol=1e-4)  # rank-mean of the halves = global mean
+    # the DDP run resumes under DDP; the earlier rows stay in metrics.csv
+    _launch(base + ["--devices", "2", "--strategy", "ddp", "--steps", "6", "--resume",
+                    "--out", "ddp"], tmp_path)  # fmt: skip
+    again = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)
+    assert again["global_step"] == 6
+    steps = pd.read_csv(tmp_path / "ddp/metrics.csv").dropna(subset=["train/loss"])["step"]
+    assert sorted(steps.astype(int)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_tensorboard_logged_run_is_read_back_by_runs_diagnose(pt_dir, tmp_path, capsys):
+    from moltune.cli.main import main
+    from moltune.validation.logs import read_tensorboard
+
+    preset = tmp_path / "tiny.yml"
+    preset.write_text("flow: {name: baseline_ic}\ndata: {val_pairs: 16, val_fraction: 0.2}\n"
+                      "batch_size: 16\nlr: 0.02\nwarmup_steps: 1\nsteps: 6\nval_every_steps: 3\n"
+                      "max_minutes: null\ntop_k: 1\n")  # fmt: skip
+    out = tmp_path / "tb"
+    rc = main(["pt", "train", "--preset", str(preset), "--data", str(pt_dir), "--test-data",
+               "none", "--logger", "tensorboard", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    tidy = read_tensorboard(out / "tensorboard")
+    csv = pd.read_csv(out / "metrics.csv")
+    tb_loss = tidy[tidy["metric"] == "train/loss"].sort_values("step")["value"].to_numpy()
+    np.testing.assert_allclose(tb_loss, csv["train/loss"].dropna().to_numpy(), rtol=1e-6)
+    capsys.readouterr()
+    rc = main(["runs", "diagnose", str(out / "tensorboard"), "--out", str(tmp_path / "diag")])
+    assert rc == 0
+    import json
+
+    diagnosis = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    assert "train/loss" in json.dumps(diagnosis) and (tmp_path / "diag" / "diagnosis.md").is_file()

@@ -285,3 +285,37 @@ def test_film_standin_preset_matches_how_the_standin_was_trained():
     assert cfg.data.ligand_at_pocket_com == standin.ligand_at_pocket_com is True
     assert cfg.eval.timesteps == standin.eval_timesteps == 500
     assert cfg.mode == "adapter" and cfg.film.init == "identity"
+
+
+def test_sbdd_train_refuses_bad_input_before_creating_anything(tiny, tmp_path, capsys):
+    from moltune.cli.main import main
+    from moltune.common.config import to_yaml
+
+    out = tmp_path / "run"
+    good = tmp_path / "good.yml"
+    good.write_text(to_yaml(_cfg(tiny, out)))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("optim: {lr: [\n")
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text(good.read_text() + "learning_rate: 0.1\n")
+    cases = [
+        (["--config", str(good), "--lr", "-1"], "optim.lr"),
+        (["--preset", "bogus", "--checkpoint", str(tiny["ckpt"]), "--out", str(out)], "bogus"),
+        (["--config", str(bad)], "YAML"),
+        (["--config", str(unknown)], "learning_rate"),
+        (["--config", str(good), "--devices", "0"], "devices"),
+        (["--config", str(good), "--max-steps", "0"], "max_steps"),
+        (["--config", str(good), "--data", str(tmp_path)], "processed folder"),
+    ]
+    for flags, word in cases:
+        rc = main(["sbdd", "train", *flags])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and word in err, (flags, err)
+        assert "Traceback" not in err and not out.exists(), flags
+    # --resume on a truncated last.ckpt: refused, nothing changed
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04")
+    rc = main(["sbdd", "train", "--config", str(good), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "damaged" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "last.ckpt"]
