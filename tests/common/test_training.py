@@ -124,3 +124,32 @@ def test_config_errors_are_one_line_user_errors(tmp_path):
     with pytest.raises(KeyError, match="acelerator") as exc:
         load_config(TrainConfig, unknown)
     assert isinstance(exc.value, UserError) and not str(exc.value).startswith("'")
+
+
+def test_one_console_line_per_lightning_message(capsys):
+    import io
+    import logging
+
+    import lightning as L
+
+    from moltune.common.training import one_console_line
+
+    root, buf = logging.getLogger(), io.StringIO()
+    handler = logging.StreamHandler(buf)
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
+             for n in ("lightning", "lightning.pytorch", "lightning.fabric")}  # fmt: skip
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        one_console_line()
+        L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False)  # fmt: skip
+        text = buf.getvalue() + capsys.readouterr().err
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        for n, (handlers, propagate) in saved.items():
+            logging.getLogger(n).handlers[:] = handlers
+            logging.getLogger(n).propagate = propagate
+    assert text.count("GPU available") == 1

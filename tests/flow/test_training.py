@@ -339,3 +339,26 @@ def test_tensorboard_logged_run_is_read_back_by_runs_diagnose(pt_dir, tmp_path, 
 
     diagnosis = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
     assert "train/loss" in json.dumps(diagnosis) and (tmp_path / "diag" / "diagnosis.md").is_file()
+
+
+@pytest.mark.slow
+def test_fresh_checkout_trains_the_preset_from_a_data_root(tmp_path):
+    """``moltune pt train --preset aa_300_450 --data-root DIR`` with DIR made by
+    ``moltune pt simulate`` (short runs under the preset's folder names)."""
+    from moltune.cli.main import main
+
+    root = tmp_path / "data"
+    for name, seed in (("aa_pt_train", 1), ("aa_pt_dense", 3), ("aa_pt_test", 2)):
+        assert main(["pt", "simulate", "--peptide", "AA", "--temperatures", "300", "450",
+                     "--time-ns", "0.01", "--save-interval-ps", "0.2", "--equilibration-ps", "1",
+                     "--seed", str(seed), "--no-progress", "--out", str(root / name)]) == 0
+    out = tmp_path / "run"
+    rc = main(["pt", "train", "--preset", "aa_300_450", "--data-root", str(root), "--steps", "3",
+               "--batch-size", "16", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    summary = pd.read_json(out / "train_summary.json", typ="series")
+    assert summary["steps"] == 3
+    cfg = load_config(TrainConfig, out / "config.yaml")
+    assert cfg.data.root == str(root) and cfg.data.train_dir == ["aa_pt_train", "aa_pt_dense"]
+    val = pd.read_csv(out / "metrics.csv")["val/acceptance_flow"].dropna()
+    assert len(val) >= 2 and val.between(0, 1).all()
