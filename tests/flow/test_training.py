@@ -235,12 +235,13 @@ def _module_and_batches(pt_dir):
 def _steps_under_spy(module, train_batch, val_batch, dtype):
     x, y, ts, tt = train_batch
     vx, vy, *rest = val_batch
+    x, y, vx, vy = x.to(dtype), y.to(dtype), vx.to(dtype), vy.to(dtype)  # the data's dtype
     spy = _Float32Spy()
     with spy:
-        terms = module._terms(x.to(dtype), y.to(dtype), ts, tt)
+        terms = module._terms(x, y, ts, tt)
         (terms.loss_forward.mean() + terms.loss_inverse.mean()).backward()
         module.on_validation_epoch_start()
-        module.validation_step((vx.to(dtype), vy.to(dtype), *rest), 0)
+        module.validation_step((vx, vy, *rest), 0)
     return spy.seen, terms
 
 

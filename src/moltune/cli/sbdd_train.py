@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--init", help="warm start from this DiffSBDD checkpoint (overrides the "
                    "preset's init; 'scratch' for the model's own initialisation)")
     s.add_argument("--no-progress", action="store_true")
+    add_trainer_arguments(s)
     s.set_defaults(func=_standin)
 
 
@@ -127,8 +128,10 @@ def _standin(args: argparse.Namespace) -> int:
     from moltune.sbdd.standin import StandinConfig, train_standin
 
     cfg = load_config(StandinConfig, args.preset, data=args.data, out=args.out, steps=args.steps,
-                      init=args.init)
+                      init=args.init, trainer=trainer_overrides(args))
     res = train_standin(cfg, progress=not args.no_progress)
+    if "rank" in res:  # a DDP rank other than 0 reports nothing
+        return 0
     print(json.dumps({"checkpoint": res["checkpoint"], **{k: res["summary"].get(k) for k in (
         "validity", "connectivity", "valid_and_connected")}}))
     return 0

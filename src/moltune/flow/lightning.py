@@ -246,7 +246,7 @@ class ReferenceEnergies(torch.nn.Module):
         hit = torch.isclose(t[:, None], self.t_K[None, :], rtol=0, atol=1e-6)
         if not bool(hit.any(1).all()):
             raise KeyError(f"no reference energy for temperatures {t[~hit.any(1)].tolist()} K")
-        return self.u_kjmol[hit.float().argmax(1)]
+        return self.u_kjmol[hit.long().argmax(1)]
 
 
 class TransportModule(L.LightningModule):
