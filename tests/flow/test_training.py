@@ -203,19 +203,28 @@ def test_pt_train_refuses_bad_input_before_creating_anything(pt_dir, odd_dirs, t
 
 # ----------------------------------------------------------------------------- device safety
 class _Float32Spy(torch.overrides.TorchFunctionMode):
-    """Records every op that receives a float32 tensor."""
+    """Records every op that receives a float32 tensor the step did not make itself (so one
+    from module state, or from the data); tensors made inside the step are tracked by identity."""
 
     def __init__(self):
         super().__init__()
         self.seen: list[str] = []
+        self._made: list[torch.Tensor] = []  # kept alive so that ids stay unique
+        self._ids: set[int] = set()
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         from torch.utils._pytree import tree_flatten
 
         flat, _ = tree_flatten((args, kwargs or {}))
-        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 for t in flat):
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and id(t) not in self._ids
+               for t in flat):  # fmt: skip
             self.seen.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._made.append(t)
+                self._ids.add(id(t))
+        return out
 
 
 def _module_and_batches(pt_dir):
