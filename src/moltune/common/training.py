@@ -319,9 +319,10 @@ def make_loggers(tc: TrainerConfig, run, flush_every: int = 100) -> list:
     if "wandb" in extra:
         from lightning.pytorch.loggers import WandbLogger
 
+        mode = {} if tc.wandb_mode == "offline" else {"mode": tc.wandb_mode}
         loggers.append(WandbLogger(save_dir=str(run.path), project=tc.wandb_project,
                                    name=run.path.name, offline=tc.wandb_mode == "offline",
-                                   mode=tc.wandb_mode))  # fmt: skip
+                                   **mode))  # fmt: skip
     return loggers
 
 
