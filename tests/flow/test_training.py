@@ -168,10 +168,13 @@ def test_pt_train_refuses_bad_input_before_creating_anything(pt_dir, odd_dirs, t
     unknown.write_text("lrr: 0.01\n")
     nested = tmp_path / "nested.yml"
     nested.write_text("flow: 5\n")
+    monitor = tmp_path / "monitor.yml"
+    monitor.write_text("monitors: {energy_explosin: {}}\n")
     cases = {
         ("--steps", "-3"): "steps", ("--steps", "0"): "steps", ("--batch-size", "0"): "batch_size",
         ("--lr", "-1"): "lr", ("--preset", "bogus"): "bogus", ("--preset", str(bad_yaml)): "YAML",
         ("--preset", str(unknown)): "lrr", ("--preset", str(nested)): "flow",
+        ("--preset", str(monitor)): "energy_explosin",
         ("--devices", "0"): "devices", ("--precision", "8-true"): None,
         ("--data", str(odd_dirs / "one_t")): "one temperature",
         ("--test-data", str(odd_dirs / "as")): "another peptide",

@@ -161,6 +161,11 @@ def check_multi_config(cfg: MultiTrainConfig) -> None:
         raise InvalidInputError(f"torsion_origin must be one of {TORSION_ORIGINS}, "
                                 f"got {cfg.torsion_origin!r}")  # fmt: skip
     check_trainer_config(cfg.trainer)
+    if cfg.monitors:
+        from moltune.common.config import from_dict
+        from moltune.validation.monitors import MonitorConfig
+
+        from_dict(MonitorConfig, dict(cfg.monitors), "monitors")
 
 
 @dataclass

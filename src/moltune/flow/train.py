@@ -113,6 +113,11 @@ def check_config(cfg: TrainConfig) -> None:
     if d.max_frames is not None and (not isinstance(d.max_frames, int) or d.max_frames < 2):
         raise InvalidInputError(f"data.max_frames must be >= 2, got {d.max_frames!r}")
     check_trainer_config(cfg.trainer)
+    if cfg.monitors:
+        from moltune.common.config import from_dict
+        from moltune.validation.monitors import MonitorConfig
+
+        from_dict(MonitorConfig, dict(cfg.monitors), "monitors")
 
 
 def data_folders(cfg: TrainConfig) -> tuple[list[str], str | None]:
