@@ -153,3 +153,34 @@ def test_one_console_line_per_lightning_message(capsys):
             logging.getLogger(n).handlers[:] = handlers
             logging.getLogger(n).propagate = propagate
     assert text.count("GPU available") == 1
+
+
+def test_no_preset_or_default_names_a_machine_folder():
+    import dataclasses
+    from importlib import resources
+
+    import yaml
+
+    from moltune.flow.multi_peptide import MultiTrainConfig
+    from moltune.flow.train import TrainConfig
+
+    def strings(obj):
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                yield str(k)
+                yield from strings(v)
+        elif isinstance(obj, list):
+            for v in obj:
+                yield from strings(v)
+        elif isinstance(obj, str):
+            yield obj
+
+    files = [f for f in resources.files("moltune.presets").iterdir() if f.name.endswith(".yml")]
+    assert len(files) >= 9
+    for f in files:
+        text = f.read_text()
+        found = [s for s in strings(yaml.safe_load(text)) if s.startswith(("/", "~"))]
+        assert not found and "/work/" not in text, (f.name, found)
+    for cfg in (TrainConfig(), MultiTrainConfig()):
+        found = [s for s in strings(dataclasses.asdict(cfg)) if s.startswith(("/", "~"))]
+        assert not found, found

@@ -319,3 +319,36 @@ def test_sbdd_train_refuses_bad_input_before_creating_anything(tiny, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "damaged" in err and len(err.splitlines()) == 1
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "last.ckpt"]
+
+
+@pytest.mark.slow
+def test_film_adapter_trains_and_resumes_under_ddp(tiny, tmp_path):
+    """``--devices 2 --strategy ddp`` (gloo, two CPU processes): the run completes, rank 0 alone
+    writes the run folder, and it resumes under DDP with the earlier rows kept."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from moltune.common.config import to_yaml
+
+    script = shutil.which("moltune")
+    if script is None:
+        pytest.skip("the moltune console script is not installed")
+    out = tmp_path / "ddp"
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(to_yaml(_cfg(tiny, out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}  # fmt: skip
+    base = [sys.executable, script, "sbdd", "train", "--config", str(cfg), "--accelerator", "cpu",
+            "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+    for extra in ([], ["--max-steps", "6", "--resume"]):
+        r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=900,
+                           check=False, cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 6
+    df = pd.read_csv(out / "metrics.csv")
+    assert sorted(df.dropna(subset=["train/loss"])["step"].astype(int)) == list(range(6))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 6 and (out / "checkpoints" / "adapter-last.pt").is_file()
