@@ -4,7 +4,10 @@
 standardisation on the training frames), and runs Lightning with a CSV logger
 (``RUN/metrics.csv``), atomic top-k + last checkpoints (monitor ``val/acceptance_flow``), the
 project's red-flag monitors (``moltune.validation.monitors``) and loss/acceptance plots.
-``resume=True`` continues from ``RUN/checkpoints/last.ckpt``.
+``resume=True`` continues from ``RUN/checkpoints/last.ckpt``. The run lifecycle (settings and
+folder checked before anything is created, hardware from ``trainer``, loggers, metric rows kept
+across a resume) is ``moltune.common.training``'s; ``batch_size`` is the global batch, split over
+DDP processes.
 
 Limits: ``epochs`` (passes over the training frames), ``steps`` (optimiser steps) and
 ``max_minutes`` (wall clock); whichever comes first ends the run.
