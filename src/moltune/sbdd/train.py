@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -219,23 +220,45 @@ class ComplexDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
+    def __getitem__(self, i) -> dict:
+        return self.items[i[1] if isinstance(i, tuple) else i]  # (epoch, index) from the sampler
 
 
-def make_loaders(train: list[dict], val: list[dict], batch_size: int, seed: int, centre: bool):
-    from functools import partial
+class FinetuneData(pl.LightningDataModule):
+    """Training batches (``batch_size`` is the global batch: each DDP rank draws its share of an
+    epoch-seeded permutation, :class:`moltune.common.training.EpochShardSampler`) and the whole
+    validation set (on every rank: identical figures)."""
 
-    from moltune.sbdd.evaluation import complex_batch
+    def __init__(self, train: list[dict], val: list[dict], batch_size: int, seed: int,
+                 centre: bool):  # fmt: skip
+        super().__init__()
+        self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.centre = centre
 
-    collate = partial(complex_batch, centre=centre)
-    g = torch.Generator().manual_seed(seed)
-    train_dl = torch.utils.data.DataLoader(ComplexDataset(train), batch_size=min(batch_size,
-                                           len(train)), shuffle=True, drop_last=True,
-                                           collate_fn=collate, generator=g)
-    val_dl = torch.utils.data.DataLoader(ComplexDataset(val), batch_size=max(1, len(val)),
-                                         shuffle=False, collate_fn=collate)
-    return train_dl, val_dl
+    def _collate(self):
+        from functools import partial
+
+        from moltune.sbdd.evaluation import complex_batch
+
+        return partial(complex_batch, centre=self.centre)
+
+    def train_dataloader(self):
+        from moltune.common.training import EpochShardSampler, world
+
+        size = world()[1]
+        batch = min(self.batch_size, len(self.train))
+        if batch % size or batch < size:
+            raise InvalidInputError(f"batch size {batch} cannot be split over {size} processes "
+                                    "(the batch is global)")  # fmt: skip
+        per_rank = batch // size
+        sampler = EpochShardSampler(len(self.train), self.seed, per_rank_batch=per_rank)
+        return torch.utils.data.DataLoader(ComplexDataset(self.train), batch_size=per_rank,
+                                           sampler=sampler, drop_last=True,
+                                           collate_fn=self._collate())  # fmt: skip
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(ComplexDataset(self.val), batch_size=max(1, len(self.val)),
+                                           shuffle=False, collate_fn=self._collate())  # fmt: skip
 
 
 # --------------------------------------------------------------------------- model
@@ -254,9 +277,6 @@ def build_model(cfg: FinetuneConfig):
                                   init=cfg.film.init))
     model.freeze_base(cfg.mode == "adapter")
     return model.train()  # from_checkpoint returns eval mode; the l2 loss needs train mode
-
-
-import lightning.pytorch as pl
 
 
 class FinetuneModule(pl.LightningModule):
@@ -309,8 +329,9 @@ class FinetuneModule(pl.LightningModule):
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b,
                  sync_dist=True)
         # validation set size, for `moltune runs diagnose` (small-validation finding)
+        # every rank validates the whole set: its own count is the total
         self.log("val/n_samples", float(b), on_step=False, on_epoch=True, reduce_fx="sum",
-                 batch_size=1, sync_dist=True)
+                 batch_size=1)
         return loss
 
     def configure_optimizers(self):
@@ -505,8 +526,7 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     model = build_model(cfg)
     module = FinetuneModule(model, cfg)
     module.set_diagnostic_embeddings(np.stack([d["embedding"] for d in train_items]))
-    train_dl, val_dl = make_loaders(train_items, val_items, cfg.batch_size, cfg.seed,
-                                    cfg.data.centre)
+    data = FinetuneData(train_items, val_items, cfg.batch_size, cfg.seed, cfg.data.centre)
 
     e = cfg.eval
     eval_items = val_items
@@ -537,9 +557,9 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         max_steps=cfg.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
         val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None,
-        deterministic=False,
+        deterministic=False, use_distributed_sampler=False,
     )  # fmt: skip
-    fit(trainer, module, run, last_ckpt, train_dataloaders=train_dl, val_dataloaders=val_dl)
+    fit(trainer, module, run, last_ckpt, datamodule=data)
     if not trainer.is_global_zero:
         return {"run_dir": str(run.path), "global_step": int(trainer.global_step), "rank": 1}
 
