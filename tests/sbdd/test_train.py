@@ -189,8 +189,8 @@ def test_standin_training_writes_loadable_diffsbdd_checkpoint_and_resumes(tiny, 
     # resume: more steps continue from last.ckpt, the earlier metric rows are kept
     cfg.steps = 5
     train_standin(cfg, progress=False)
-    rows = (tmp_path / "standin" / "metrics.csv").read_text().splitlines()
-    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+    rows = pd.read_csv(tmp_path / "standin" / "metrics.csv").dropna(subset=["train/loss"])
+    assert rows["step"].astype(int).tolist() == [0, 1, 2, 3, 4]  # Lightning's 0-based steps
     assert load_checkpoint(tmp_path / "standin" / "checkpoints" / "standin.ckpt"
                            ).meta["global_step"] == 5
 
@@ -208,7 +208,12 @@ def test_standin_ema_checkpoint_is_the_weight_average(tiny, tmp_path):
     train_standin(cfg, progress=False)
     items = load_items(tiny["processed"], cfg.splits, cfg.complexes)
     w0 = build_model(cfg, items).diffsbdd_state_dict()
-    w1 = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.ckpt").state_dict
+    # last.ckpt is the Lightning checkpoint: the trained weights under model.*, the EMA's ema.*
+    state = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    trained = build_model(cfg, items)
+    trained.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()
+                             if k.startswith("model.")})  # fmt: skip
+    w1 = trained.diffsbdd_state_dict()
     ema = load_checkpoint(tmp_path / "ema" / "checkpoints" / "standin.ckpt").state_dict
     moved = 0
     for k, v in ema.items():
