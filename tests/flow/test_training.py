@@ -128,3 +128,250 @@ def test_cli_flags_and_alias(pt_dir, tmp_path):
     assert args.data == str(pt_dir) and args.lr == 0.01 and args.out == str(tmp_path / "r2")
     with pytest.raises(SystemExit):
         parser.parse_args(["pt", "train", "--steps", "5", "--epochs", "2", "--out", "x"])
+
+
+# ----------------------------------------------------------------------------- refusals (issue 15)
+@pytest.fixture(scope="module")
+def odd_dirs(tmp_path_factory):
+    """Tiny PT runs that cannot train with ``pt_dir``: one temperature, and another peptide."""
+    from moltune.physics.replica_exchange import PTConfig, simulate
+
+    root = tmp_path_factory.mktemp("odd")
+    kw = {"time_ns": 0.002, "save_interval_ps": 0.1, "swap_interval_ps": 0.1,
+          "equilibration_ps": 0.5, "checkpoint_interval_ps": 10.0, "seed": 1}
+    simulate("AA", root / "one_t", PTConfig(temperatures_K=[300.0], **kw), progress=False)
+    simulate("AS", root / "as", PTConfig(temperatures_K=[300.0, 450.0], **kw), progress=False)
+    return root
+
+
+def _refused(capsys, argv, out):
+    """Exit status 2, one line naming the problem, no traceback, nothing created at ``out``."""
+    from moltune.cli.main import main
+
+    before = sorted(p.relative_to(out) for p in out.rglob("*")) if out.exists() else None
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, (argv, err)
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    after = sorted(p.relative_to(out) for p in out.rglob("*")) if out.exists() else None
+    assert after == before, f"{argv} changed {out}"
+    return err
+
+
+def test_pt_train_refuses_bad_input_before_creating_anything(pt_dir, odd_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["pt", "train", "--preset", "aa_300_450", "--data", str(pt_dir), "--test-data", "none",
+            "--out", str(out)]  # fmt: skip
+    bad_yaml = tmp_path / "bad.yml"
+    bad_yaml.write_text("flow: [unclosed\n")
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text("lrr: 0.01\n")
+    nested = tmp_path / "nested.yml"
+    nested.write_text("flow: 5\n")
+    monitor = tmp_path / "monitor.yml"
+    monitor.write_text("monitors: {energy_explosin: {}}\n")
+    cases = {
+        ("--steps", "-3"): "steps", ("--steps", "0"): "steps", ("--batch-size", "0"): "batch_size",
+        ("--lr", "-1"): "lr", ("--preset", "bogus"): "bogus", ("--preset", str(bad_yaml)): "YAML",
+        ("--preset", str(unknown)): "lrr", ("--preset", str(nested)): "flow",
+        ("--preset", str(monitor)): "energy_explosin",
+        ("--devices", "0"): "devices", ("--precision", "8-true"): None,
+        ("--data", str(odd_dirs / "one_t")): "one temperature",
+        ("--test-data", str(odd_dirs / "as")): "another peptide",
+        ("--batch-size", "100000"): "fewer than one batch",
+    }  # fmt: skip
+    for flags, word in cases.items():
+        if word is None:  # argparse refuses it (exit status 2 from the parser)
+            with pytest.raises(SystemExit) as exc:
+                _refused(capsys, base + list(flags), out)
+            assert exc.value.code == 2 and not out.exists()
+            capsys.readouterr()
+            continue
+        assert word in _refused(capsys, base + list(flags), out), flags
+
+    # missing data: the error names the exact command that makes it; nothing is created
+    root = tmp_path / "empty_root"
+    root.mkdir()
+    err = _refused(capsys, ["pt", "train", "--preset", "aa_300_450", "--data-root", str(root),
+                            "--out", str(out)], out)  # fmt: skip
+    assert f"moltune pt simulate --peptide AA --time-ns 2 --save-interval-ps 0.5 --seed 1 --out " \
+           f"{root / 'aa_pt_train'}" in err and not list(root.iterdir())
+
+    # a truncated last.ckpt: --resume refuses it and changes nothing
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    err = _refused(capsys, base + ["--steps", "5", "--resume"], out)
+    assert "damaged" in err
+
+
+# ----------------------------------------------------------------------------- device safety
+class _Float32Spy(torch.overrides.TorchFunctionMode):
+    """Records every op that receives a float32 tensor the step did not make itself (so one
+    from module state, or from the data); tensors made inside the step are tracked by identity."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+        self._made: list[torch.Tensor] = []  # kept alive so that ids stay unique
+        self._ids: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_flatten
+
+        flat, _ = tree_flatten((args, kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and id(t) not in self._ids
+               for t in flat):  # fmt: skip
+            self.seen.append(getattr(func, "__name__", str(func)))
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._made.append(t)
+                self._ids.add(id(t))
+        return out
+
+
+def _module_and_batches(pt_dir):
+    from moltune.flow.lightning import TransportDataModule, TransportModule
+    from moltune.flow.train import build_flow
+    from moltune.physics.energy import TorchEnergy
+    from moltune.physics.ptdata import load_pt_data
+
+    data = load_pt_data(pt_dir)
+    dm = TransportDataModule(data, None, [(0, 1)], batch_size=8, val_pairs=8, val_fraction=0.2)
+    flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
+    flow.representation.fit(np.asarray(data.xyz_nm[0]))
+    module = TransportModule(flow, TorchEnergy.from_topology(data.topology), dm.reference_energies())
+    return module, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+
+
+def _steps_under_spy(module, train_batch, val_batch, dtype):
+    x, y, ts, tt = train_batch
+    vx, vy, *rest = val_batch
+    x, y, vx, vy = x.to(dtype), y.to(dtype), vx.to(dtype), vy.to(dtype)  # the data's dtype
+    spy = _Float32Spy()
+    with spy:
+        terms = module._terms(x, y, ts, tt)
+        (terms.loss_forward.mean() + terms.loss_inverse.mean()).backward()
+        module.on_validation_epoch_start()
+        module.validation_step((vx, vy, *rest), 0)
+    return spy.seen, terms
+
+
+def test_module_to_float64_moves_every_tensor_a_step_touches(pt_dir):
+    module, train_batch, val_batch = _module_and_batches(pt_dir)
+    # control: left in float32, the spy sees the network's float32 tensors
+    seen, _ = _steps_under_spy(module, train_batch, val_batch, torch.float32)
+    assert len(seen) > 10
+    module.to(torch.float64)
+    seen, terms = _steps_under_spy(module, train_batch, val_batch, torch.float64)
+    assert seen == [], sorted(set(seen))[:10]
+    assert np.isfinite(terms.loss_forward.detach().numpy()).all()
+    assert len(module._val) == 1 and np.isfinite(module._val[0][3].log_alpha).all()
+    # the energy stays float64 whatever the network's precision, and stays out of checkpoints
+    module.to(torch.bfloat16)
+    assert {b.dtype for b in module.energy.buffers() if b.is_floating_point()} == {torch.float64}
+    assert not [k for k in module.state_dict() if k.startswith(("energy.", "reference."))]
+    assert module.reference.u_kjmol.dtype == torch.float64
+
+
+# ----------------------------------------------------------------------------- DDP on the CPU
+def _launch(args, cwd):
+    """``moltune ARGS`` in a fresh process (Lightning's DDP launcher re-runs the command)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    script = shutil.which("moltune")
+    if script is None:
+        pytest.skip("the moltune console script is not installed")
+    r = subprocess.run([sys.executable, script, *args], cwd=cwd, env=env, capture_output=True,
+                       check=False,
+                       text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_like_one_on_the_global_batch_and_resume(pt_dir, tmp_path):
+    preset = tmp_path / "tiny.yml"
+    preset.write_text("flow: {name: baseline_ic}\ndata: {val_pairs: 16, val_fraction: 0.2}\n"
+                      "batch_size: 16\nlr: 0.02\nwarmup_steps: 1\nsteps: 4\nval_every_steps: 2\n"
+                      "max_minutes: null\ntop_k: 1\n")  # fmt: skip
+    base = ["pt", "train", "--preset", str(preset), "--data", str(pt_dir), "--test-data", "none",
+            "--accelerator", "cpu"]  # fmt: skip
+    _launch(base + ["--devices", "1", "--out", "one"], tmp_path)
+    _launch(base + ["--devices", "2", "--strategy", "ddp", "--out", "ddp"], tmp_path)
+    one = torch.load(tmp_path / "one/checkpoints/last.ckpt", weights_only=True)
+    ddp = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)
+    assert one["global_step"] == ddp["global_step"] == 4
+    flow_keys = [k for k in one["state_dict"] if k.startswith("flow.")]
+    assert flow_keys
+    for k in flow_keys:  # each rank took its half of every global batch of 16
+        torch.testing.assert_close(ddp["state_dict"][k], one["state_dict"][k], rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+    summary = pd.read_json(tmp_path / "ddp/train_summary.json", typ="series")
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    first = pd.read_csv(tmp_path / "one/metrics.csv")["train/loss"].dropna().to_numpy()
+    both = pd.read_csv(tmp_path / "ddp/metrics.csv")["train/loss"].dropna().to_numpy()
+    np.testing.assert_allclose(both, first, rtol=1e-4)  # rank-mean of the halves = global mean
+    # the DDP run resumes under DDP; the earlier rows stay in metrics.csv
+    _launch(base + ["--devices", "2", "--strategy", "ddp", "--steps", "6", "--resume",
+                    "--out", "ddp"], tmp_path)  # fmt: skip
+    again = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)
+    assert again["global_step"] == 6
+    steps = pd.read_csv(tmp_path / "ddp/metrics.csv").dropna(subset=["train/loss"])["step"]
+    assert sorted(steps.astype(int)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_tensorboard_logged_run_is_read_back_by_runs_diagnose(pt_dir, tmp_path, capsys):
+    from moltune.cli.main import main
+    from moltune.validation.logs import read_tensorboard
+
+    preset = tmp_path / "tiny.yml"
+    preset.write_text("flow: {name: baseline_ic}\ndata: {val_pairs: 16, val_fraction: 0.2}\n"
+                      "batch_size: 16\nlr: 0.02\nwarmup_steps: 1\nsteps: 6\nval_every_steps: 3\n"
+                      "max_minutes: null\ntop_k: 1\n")  # fmt: skip
+    out = tmp_path / "tb"
+    rc = main(["pt", "train", "--preset", str(preset), "--data", str(pt_dir), "--test-data",
+               "none", "--logger", "tensorboard", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events
+    tidy = read_tensorboard(out / "tensorboard")
+    csv = pd.read_csv(out / "metrics.csv")
+    tb_loss = tidy[tidy["metric"] == "train/loss"].sort_values("step")["value"].to_numpy()
+    np.testing.assert_allclose(tb_loss, csv["train/loss"].dropna().to_numpy(), rtol=1e-6)
+    capsys.readouterr()
+    rc = main(["runs", "diagnose", str(out / "tensorboard"), "--out", str(tmp_path / "diag")])
+    assert rc == 0
+    import json
+
+    diagnosis = json.loads((tmp_path / "diag" / "diagnosis.json").read_text())
+    assert "train/loss" in json.dumps(diagnosis) and (tmp_path / "diag" / "diagnosis.md").is_file()
+
+
+@pytest.mark.slow
+def test_fresh_checkout_trains_the_preset_from_a_data_root(tmp_path):
+    """``moltune pt train --preset aa_300_450 --data-root DIR`` with DIR made by
+    ``moltune pt simulate`` (short runs under the preset's folder names)."""
+    from moltune.cli.main import main
+
+    root = tmp_path / "data"
+    for name, seed in (("aa_pt_train", 1), ("aa_pt_dense", 3), ("aa_pt_test", 2)):
+        assert main(["pt", "simulate", "--peptide", "AA", "--temperatures", "300", "450",
+                     "--time-ns", "0.01", "--save-interval-ps", "0.2", "--equilibration-ps", "1",
+                     "--seed", str(seed), "--no-progress", "--out", str(root / name)]) == 0
+    out = tmp_path / "run"
+    rc = main(["pt", "train", "--preset", "aa_300_450", "--data-root", str(root), "--steps", "3",
+               "--batch-size", "16", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    summary = pd.read_json(out / "train_summary.json", typ="series")
+    assert summary["steps"] == 3
+    cfg = load_config(TrainConfig, out / "config.yaml")
+    assert cfg.data.root == str(root) and cfg.data.train_dir == ["aa_pt_train", "aa_pt_dense"]
+    val = pd.read_csv(out / "metrics.csv")["val/acceptance_flow"].dropna()
+    assert len(val) >= 2 and val.between(0, 1).all()

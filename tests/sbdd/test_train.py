@@ -189,8 +189,8 @@ def test_standin_training_writes_loadable_diffsbdd_checkpoint_and_resumes(tiny, 
     # resume: more steps continue from last.ckpt, the earlier metric rows are kept
     cfg.steps = 5
     train_standin(cfg, progress=False)
-    rows = (tmp_path / "standin" / "metrics.csv").read_text().splitlines()
-    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+    rows = pd.read_csv(tmp_path / "standin" / "metrics.csv").dropna(subset=["train/loss"])
+    assert rows["step"].astype(int).tolist() == [0, 1, 2, 3, 4]  # Lightning's 0-based steps
     assert load_checkpoint(tmp_path / "standin" / "checkpoints" / "standin.ckpt"
                            ).meta["global_step"] == 5
 
@@ -208,7 +208,12 @@ def test_standin_ema_checkpoint_is_the_weight_average(tiny, tmp_path):
     train_standin(cfg, progress=False)
     items = load_items(tiny["processed"], cfg.splits, cfg.complexes)
     w0 = build_model(cfg, items).diffsbdd_state_dict()
-    w1 = load_checkpoint(tmp_path / "ema" / "checkpoints" / "last.ckpt").state_dict
+    # last.ckpt is the Lightning checkpoint: the trained weights under model.*, the EMA's ema.*
+    state = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", weights_only=True)
+    trained = build_model(cfg, items)
+    trained.load_state_dict({k[len("model."):]: v for k, v in state["state_dict"].items()
+                             if k.startswith("model.")})  # fmt: skip
+    w1 = trained.diffsbdd_state_dict()
     ema = load_checkpoint(tmp_path / "ema" / "checkpoints" / "standin.ckpt").state_dict
     moved = 0
     for k, v in ema.items():
@@ -285,3 +290,70 @@ def test_film_standin_preset_matches_how_the_standin_was_trained():
     assert cfg.data.ligand_at_pocket_com == standin.ligand_at_pocket_com is True
     assert cfg.eval.timesteps == standin.eval_timesteps == 500
     assert cfg.mode == "adapter" and cfg.film.init == "identity"
+
+
+def test_sbdd_train_refuses_bad_input_before_creating_anything(tiny, tmp_path, capsys):
+    from moltune.cli.main import main
+    from moltune.common.config import to_yaml
+
+    out = tmp_path / "run"
+    good = tmp_path / "good.yml"
+    good.write_text(to_yaml(_cfg(tiny, out)))
+    bad = tmp_path / "bad.yml"
+    bad.write_text("optim: {lr: [\n")
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text(good.read_text() + "learning_rate: 0.1\n")
+    cases = [
+        (["--config", str(good), "--lr", "-1"], "optim.lr"),
+        (["--preset", "bogus", "--checkpoint", str(tiny["ckpt"]), "--out", str(out)], "bogus"),
+        (["--config", str(bad)], "YAML"),
+        (["--config", str(unknown)], "learning_rate"),
+        (["--config", str(good), "--devices", "0"], "devices"),
+        (["--config", str(good), "--max-steps", "0"], "max_steps"),
+        (["--config", str(good), "--data", str(tmp_path)], "processed folder"),
+    ]
+    for flags, word in cases:
+        rc = main(["sbdd", "train", *flags])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and word in err, (flags, err)
+        assert "Traceback" not in err and not out.exists(), flags
+    # --resume on a truncated last.ckpt: refused, nothing changed
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04")
+    rc = main(["sbdd", "train", "--config", str(good), "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "damaged" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "last.ckpt"]
+
+
+@pytest.mark.slow
+def test_film_adapter_trains_and_resumes_under_ddp(tiny, tmp_path):
+    """``--devices 2 --strategy ddp`` (gloo, two CPU processes): the run completes, rank 0 alone
+    writes the run folder, and it resumes under DDP with the earlier rows kept."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from moltune.common.config import to_yaml
+
+    script = shutil.which("moltune")
+    if script is None:
+        pytest.skip("the moltune console script is not installed")
+    out = tmp_path / "ddp"
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(to_yaml(_cfg(tiny, out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}  # fmt: skip
+    base = [sys.executable, script, "sbdd", "train", "--config", str(cfg), "--accelerator", "cpu",
+            "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+    for extra in ([], ["--max-steps", "6", "--resume"]):
+        r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=900,
+                           check=False, cwd=tmp_path)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == 6
+    df = pd.read_csv(out / "metrics.csv")
+    assert sorted(df.dropna(subset=["train/loss"])["step"].astype(int)) == list(range(6))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 6 and (out / "checkpoints" / "adapter-last.pt").is_file()

@@ -1,8 +1,14 @@
-"""CLI: ``moltune pt train`` (transport-flow training) and the ``moltune train-molecular`` alias.
+"""CLI: the transport-flow training commands: ``moltune pt train``, ``moltune pt train-transfer``
+(one flow for several peptides) and the ``moltune train-molecular`` alias.
 
-    moltune pt train --preset aa_300_450 [--data DIR] [--test-data DIR] [--epochs N | --steps N]
-                     [--batch-size B] [--lr X] [--[no-]validate] [--flow baseline_ic|tarflow]
+    moltune pt train --preset aa_300_450 [--data-root DIR] [--simulate-missing] [--data DIR]
+                     [--test-data DIR] [--epochs N | --steps N] [--batch-size B] [--lr X]
+                     [--[no-]validate] [--flow baseline_ic|tarflow]
                      [--representation internal|cartesian] [--max-minutes M] --out RUN [--resume]
+                     [--accelerator A] [--devices N] [--strategy S] [--num-nodes N]
+                     [--precision P] [--logger tensorboard|wandb]
+
+Every setting, the run folder and the data are checked before the run folder is created.
 
 ``train-molecular`` keeps the original tool's spelling (``--output-dir``, ``--learning-rate``,
 ``--source-temp``/``--target-temp``, ``--data-dir``) and runs the same trainer.
@@ -11,6 +17,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
+
+from moltune.common.training import add_trainer_arguments, trainer_overrides
+
+
+def _add_data_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", help="folder the preset's data folders are named in "
+                   "(default $MOLTUNE_DATA, else ./data)")  # fmt: skip
+    p.add_argument("--simulate-missing", action="store_true",
+                   help="run the `moltune pt simulate` commands that make missing data folders")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -31,6 +48,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue RUN from its last checkpoint")
+    _add_data_root(p)
+    add_trainer_arguments(p)
 
 
 def register(
@@ -69,6 +88,110 @@ def register(
         q.add_argument("--source-temp", type=float, help="source temperature (K) in the data")
         q.add_argument("--target-temp", type=float, help="target temperature (K) in the data")
         q.set_defaults(func=_train)
+    _register_transfer(pt_sub)
+
+
+def _register_transfer(pt_sub: argparse._SubParsersAction) -> None:
+    m = pt_sub.add_parser(
+        "train-transfer",
+        help="train one conditional TarFlow on the PT data of several peptides (shared core)",
+        description="Each peptide keeps its own coordinate representation and energy; the "
+        "TarFlow core (atoms enter through their embeddings) is shared, so the run can be "
+        "evaluated zero-shot on unseen peptides with `moltune pt transfer --flow RUN`. "
+        "--init starts from a trained run (fine-tuning on another peptide); --resume continues "
+        "an interrupted run from its last checkpoint.",
+    )
+    m.add_argument("--preset", default="transfer_aa_ak_as",
+                   help="preset name or YAML file (default transfer_aa_ak_as)")  # fmt: skip
+    m.add_argument("--peptide", action="append", metavar="NAME=TRAIN_DIR[,TEST_DIR]",
+                   help="replace the preset's peptides (repeatable)")  # fmt: skip
+    m.add_argument("--init", help="trained run/checkpoint whose core starts this run")
+    m.add_argument("--steps", type=int)
+    m.add_argument("--max-minutes", type=float)
+    m.add_argument("--batch-size", type=int)
+    m.add_argument("--lr", type=float)
+    m.add_argument("--warmup-steps", type=int)
+    m.add_argument("--val-every-steps", type=int)
+    m.add_argument("--seed", type=int)
+    m.add_argument("--no-progress", action="store_true")
+    m.add_argument("--out", required=True, help="run folder (new unless --resume)")
+    m.add_argument("--resume", action="store_true",
+                   help="continue OUT from its last checkpoint (same preset and flags)")  # fmt: skip
+    _add_data_root(m)
+    add_trainer_arguments(m)
+    m.set_defaults(func=_train_transfer)
+
+
+def _absolute(d: str | None) -> str | None:
+    """A folder given on the command line (relative to the working folder, not the data root)."""
+    return None if d in (None, "", "none", "None") else str(Path(d).resolve())
+
+
+def _simulate_missing(missing, simulate: bool) -> int:
+    """Refuse missing data with its exact command, or (``--simulate-missing``) make it."""
+    from moltune.common.training import refuse_missing_data
+
+    if not missing:
+        return 0
+    if not simulate:
+        refuse_missing_data(missing)
+    import shlex
+
+    from moltune.cli.main import build_parser
+
+    for folder, recipe in missing:
+        args = build_parser().parse_args(["pt", "simulate", *shlex.split(recipe), "--out",
+                                          str(folder)])  # fmt: skip
+        rc = args.func(args)
+        if rc:
+            return rc
+    return 0
+
+
+def _train_transfer(args: argparse.Namespace) -> int:
+    from moltune.common.config import load_config, merge
+    from moltune.common.errors import InvalidInputError
+    from moltune.common.training import check_run_folder, missing_data
+    from moltune.flow.multi_peptide import (
+        MultiTrainConfig,
+        check_multi_config,
+        peptide_folders,
+        train_multi,
+    )  # fmt: skip
+
+    peptides = None
+    if args.peptide:
+        peptides = {}
+        for item in args.peptide:
+            if "=" not in item:
+                raise InvalidInputError(f"--peptide expects NAME=TRAIN_DIR[,TEST_DIR], got {item!r}")
+            name, dirs = item.split("=", 1)
+            train, _, test = dirs.partition(",")
+            peptides[name] = {"train_dir": _absolute(train), "test_dir": _absolute(test)}
+    cfg = load_config(
+        MultiTrainConfig, args.preset, init=args.init, steps=args.steps,
+        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps, val_every_steps=args.val_every_steps, seed=args.seed,
+        data_root=args.data_root, trainer=trainer_overrides(args),
+    )  # fmt: skip
+    if peptides is not None:
+        cfg = dataclasses.replace(cfg, peptides=peptides)
+    cfg = merge(cfg, {})
+    check_multi_config(cfg)
+    check_run_folder(args.out, args.resume)
+    rc = _simulate_missing(missing_data(peptide_folders(cfg), cfg.simulate, cfg.data_root),
+                           args.simulate_missing)  # fmt: skip
+    if rc:
+        return rc
+    s = train_multi(cfg, args.out, progress=not args.no_progress, resume=args.resume)
+    if s is None:  # a DDP rank other than 0
+        return 0
+    print(f"{args.out}: {s['steps']} steps in {s['minutes']:.1f} min; validation acceptance "
+          f"{s['start']['val/acceptance_flow']:.3f} -> best {s['best_val_acceptance_flow']:.3f} "
+          f"(naive {s['start']['val/acceptance_naive']:.3f})")  # fmt: skip
+    from moltune.validation.monitors import exit_code_for
+
+    return exit_code_for(args.out)  # 3 when a red-flag monitor stopped the run
 
 
 def _pair_from_temperatures(data_dir: str, t_source: float | None, t_target: float | None):
@@ -91,37 +214,52 @@ def _pair_from_temperatures(data_dir: str, t_source: float | None, t_target: flo
     return [idx]
 
 
-def _train(args: argparse.Namespace) -> int:
+def train_config(args: argparse.Namespace):
+    """The resolved TrainConfig of ``pt train`` / ``train-molecular`` (defaults <- preset <-
+    flags), checked: nothing is created."""
     from moltune.common.config import load_config
-    from moltune.flow.train import TrainConfig, train
+    from moltune.flow.train import TrainConfig, check_config
 
     flow = {k: v for k, v in (("name", args.flow), ("representation", args.representation)) if v}
     test = getattr(args, "test_data", None)
-    train_dir = args.data[0] if isinstance(args.data, list) and len(args.data) == 1 else args.data
-    data = {k: v for k, v in (("train_dir", train_dir), ("test_dir", test)) if v and v != "none"}
+    data_arg = args.data if isinstance(args.data, list) else ([args.data] if args.data else None)
+    train_dir = None
+    if data_arg:
+        train_dir = [_absolute(d) for d in data_arg]
+        train_dir = train_dir[0] if len(train_dir) == 1 else train_dir
+    data = {k: v for k, v in (("train_dir", train_dir), ("test_dir", _absolute(test)),
+                              ("root", getattr(args, "data_root", None))) if v}  # fmt: skip
     overrides = {
-        "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "validate": args.validate, "max_minutes": args.max_minutes, "seed": args.seed, "threads": args.threads,
-        "flow": flow or None, "data": data or None,
+        "batch_size": args.batch_size, "lr": args.lr, "validate": args.validate,
+        "max_minutes": args.max_minutes, "seed": args.seed, "threads": args.threads,
+        "flow": flow or None, "data": data or None, "trainer": trainer_overrides(args),
     }  # fmt: skip
-    if args.epochs is not None or args.steps is not None:
-        # an explicit limit replaces the preset's other count limit (time still applies)
-        overrides["steps" if args.epochs is not None else "epochs"] = None
-    cfg = load_config(
-        TrainConfig,
-        args.preset,
-        **{k: v for k, v in overrides.items() if k not in ("steps", "epochs")},
-    )
-    import dataclasses
-
+    cfg = load_config(TrainConfig, args.preset, **overrides)
+    # an explicit limit replaces the preset's other count limit (time still applies)
     if args.epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=args.epochs, steps=None)
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps, epochs=None)
-    if getattr(args, "test_data", None) in ("none", "None", ""):
+    if test in ("none", "None", ""):
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_dir=None))
+    check_config(cfg)
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> int:
+    from moltune.common.training import check_run_folder, missing_data
+    from moltune.flow.train import data_folders, train
+
+    cfg = train_config(args)
+    check_run_folder(args.out, args.resume)
+    train_dirs, test_dir = data_folders(cfg)
+    missing = missing_data(train_dirs + ([test_dir] if test_dir else []), cfg.data.simulate,
+                           cfg.data.root)  # fmt: skip
+    rc = _simulate_missing(missing, args.simulate_missing)
+    if rc:
+        return rc
     pair = _pair_from_temperatures(
-        cfg.data.train_dir, getattr(args, "source_temp", None), getattr(args, "target_temp", None)
+        train_dirs[0], getattr(args, "source_temp", None), getattr(args, "target_temp", None)
     )
     if pair is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pairs=pair))

@@ -1,5 +1,5 @@
 """CLI: ``moltune pt sample`` (flow-enhanced PT), ``moltune pt compare-samplers``,
-``moltune pt transfer`` and ``moltune pt train-transfer`` (one flow for several peptides).
+``moltune pt transfer`` (one flow on several peptides; ``pt train-transfer``: cli.pt_flow).
 
 Library: ``moltune.flow.pt_sampler`` (run, compare), ``moltune.flow.transfer``,
 ``moltune.flow.rebuild``, ``moltune.flow.multi_peptide``.
@@ -155,68 +155,6 @@ def register_transfer(pt_sub: argparse._SubParsersAction) -> None:
     t.add_argument("--n-pairs", type=int, default=2000, help="frame pairs per entry (2000)")
     t.add_argument("--out", required=True)
     t.set_defaults(func=_transfer)
-
-    m = pt_sub.add_parser(
-        "train-transfer",
-        help="train one conditional TarFlow on the PT data of several peptides (shared core)",
-        description="Each peptide keeps its own coordinate representation and energy; the "
-        "TarFlow core (atoms enter through their embeddings) is shared, so the run can be "
-        "evaluated zero-shot on unseen peptides with `moltune pt transfer --flow RUN`. "
-        "--init starts from a trained run (fine-tuning on another peptide); --resume continues "
-        "an interrupted run from its last checkpoint.",
-    )
-    m.add_argument("--preset", default="transfer_aa_ak_as",
-                   help="preset name or YAML file (default transfer_aa_ak_as)")  # fmt: skip
-    m.add_argument("--peptide", action="append", metavar="NAME=TRAIN_DIR[,TEST_DIR]",
-                   help="replace the preset's peptides (repeatable)")  # fmt: skip
-    m.add_argument("--init", help="trained run/checkpoint whose core starts this run")
-    m.add_argument("--steps", type=int)
-    m.add_argument("--max-minutes", type=float)
-    m.add_argument("--batch-size", type=int)
-    m.add_argument("--lr", type=float)
-    m.add_argument("--warmup-steps", type=int)
-    m.add_argument("--val-every-steps", type=int)
-    m.add_argument("--seed", type=int)
-    m.add_argument("--no-progress", action="store_true")
-    m.add_argument("--out", required=True, help="run folder (new unless --resume)")
-    m.add_argument("--resume", action="store_true",
-                   help="continue OUT from its last checkpoint (same preset and flags)")  # fmt: skip
-    m.set_defaults(func=_train_transfer)
-
-
-def _train_transfer(args: argparse.Namespace) -> int:
-    import logging
-
-    from moltune.common.config import load_config
-    from moltune.common.errors import InvalidInputError
-    from moltune.flow.multi_peptide import MultiTrainConfig, train_multi
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    peptides = None
-    if args.peptide:
-        peptides = {}
-        for item in args.peptide:
-            if "=" not in item:
-                raise InvalidInputError(f"--peptide expects NAME=TRAIN_DIR[,TEST_DIR], got {item!r}")
-            name, dirs = item.split("=", 1)
-            train, _, test = dirs.partition(",")
-            peptides[name] = {"train_dir": train, "test_dir": test or None}
-    cfg = load_config(
-        MultiTrainConfig, args.preset, init=args.init, steps=args.steps,
-        max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
-        warmup_steps=args.warmup_steps, val_every_steps=args.val_every_steps, seed=args.seed,
-    )  # fmt: skip
-    if peptides is not None:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, peptides=peptides)
-    s = train_multi(cfg, args.out, progress=not args.no_progress, resume=args.resume)
-    print(f"{args.out}: {s['steps']} steps in {s['minutes']:.1f} min; validation acceptance "
-          f"{s['start']['val/acceptance_flow']:.3f} -> best {s['best_val_acceptance_flow']:.3f} "
-          f"(naive {s['start']['val/acceptance_naive']:.3f})")  # fmt: skip
-    from moltune.validation.monitors import exit_code_for
-
-    return exit_code_for(args.out)  # 3 when a red-flag monitor stopped the run
 
 
 def _transfer(args: argparse.Namespace) -> int:

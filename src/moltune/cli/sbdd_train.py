@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from moltune.common.training import add_trainer_arguments, trainer_overrides
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mode", choices=("adapter", "full"), help="overrides mode")
     t.add_argument("--resume", action="store_true", help="continue the run in `out` from last.ckpt")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_trainer_arguments(t)
     t.set_defaults(func=_train)
 
     b = sub.add_parser(
@@ -74,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--init", help="warm start from this DiffSBDD checkpoint (overrides the "
                    "preset's init; 'scratch' for the model's own initialisation)")
     s.add_argument("--no-progress", action="store_true")
+    add_trainer_arguments(s)
     s.set_defaults(func=_standin)
 
 
@@ -91,8 +95,12 @@ def _train(args: argparse.Namespace) -> int:
         over["optim"] = {"lr": args.lr}
     if args.no_progress:
         over["progress"] = False
+    if trainer_overrides(args):
+        over["trainer"] = trainer_overrides(args)
     cfg = merge(cfg, over)
     info = train(cfg, resume=args.resume)
+    if info.get("rank"):  # a DDP rank other than 0 reports nothing
+        return 0
     print(json.dumps({k: info[k] for k in ("run_dir", "global_step", "max_steps",
                                            "best_checkpoint", "best_score", "n_trainable")}
                      | {"stopped": (info["stopped"] or {}).get("monitor")}))
@@ -120,8 +128,10 @@ def _standin(args: argparse.Namespace) -> int:
     from moltune.sbdd.standin import StandinConfig, train_standin
 
     cfg = load_config(StandinConfig, args.preset, data=args.data, out=args.out, steps=args.steps,
-                      init=args.init)
+                      init=args.init, trainer=trainer_overrides(args))
     res = train_standin(cfg, progress=not args.no_progress)
+    if "rank" in res:  # a DDP rank other than 0 reports nothing
+        return 0
     print(json.dumps({"checkpoint": res["checkpoint"], **{k: res["summary"].get(k) for k in (
         "validity", "connectivity", "valid_and_connected")}}))
     return 0

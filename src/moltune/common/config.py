@@ -13,7 +13,16 @@ from typing import Any, TypeVar
 
 import yaml
 
+from moltune.common.errors import InputFileError, InvalidInputError
+
 T = TypeVar("T")
+
+
+class ConfigKeyError(InvalidInputError, KeyError):
+    """A config key the typed config does not have (exit status 2 on the command line)."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
 
 PRESET_PACKAGE = "moltune.presets"
 
@@ -29,7 +38,7 @@ def preset_path(name_or_path: str | Path) -> Path:
     available = sorted(
         f.name[:-4] for f in resources.files(PRESET_PACKAGE).iterdir() if f.name.endswith(".yml")
     )
-    raise FileNotFoundError(
+    raise InputFileError(
         f"preset {str(name_or_path)!r} is neither a YAML file nor a known preset; "
         f"known presets: {', '.join(available) or 'none'}"
     )
@@ -37,29 +46,42 @@ def preset_path(name_or_path: str | Path) -> Path:
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is an empty mapping."""
-    with open(path) as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"cannot read config {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        raise InvalidInputError(f"{path} is not valid YAML{at}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a YAML mapping at top level, got {type(data).__name__}")
+        raise InvalidInputError(f"{path}: expected a YAML mapping at top level, "
+                                f"got {type(data).__name__}")  # fmt: skip
     return data
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from ``data``, recursing into nested dataclasses.
 
-    Raises ``KeyError`` naming any key ``cls`` does not have.
+    Raises :class:`ConfigKeyError` (a ``KeyError``) naming any key ``cls`` does not have.
     """
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = set(data) - set(fields)
     if unknown:
-        raise KeyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        raise ConfigKeyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
     kwargs = {}
     defaults = cls()  # type: ignore[call-arg]
     for name, value in data.items():
         default = getattr(defaults, name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise InvalidInputError(f"{where}.{name}: expected a mapping, "
+                                        f"got {type(value).__name__}")  # fmt: skip
             merged = dataclasses.asdict(default) | value
             kwargs[name] = from_dict(type(default), merged, f"{where}.{name}")
         else:

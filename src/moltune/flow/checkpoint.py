@@ -1,33 +1,59 @@
-"""Flow checkpoints: atomic writing (Lightning plugin) and weights-only loading.
+"""Flow checkpoints: the flow's config, its metadata, and the one reader (weights-only).
 
 A training checkpoint (``RUN/checkpoints/*.ckpt``) is a Lightning checkpoint whose
 ``hyper_parameters["moltune"]`` holds everything needed to rebuild the flow without pickle:
 the flow config, the topology as PDB text, the temperature ladder, the trained pairs and the
-data folders. :func:`load_flow` reads it with ``torch.load(weights_only=True)``.
+data folders. :func:`load_flow` reads it with ``torch.load(weights_only=True)``; it is the only
+reader of this format (training imports from here, never the reverse).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from moltune.common.errors import CheckpointError, InputFileError
-from moltune.common.io import torch_save
+from moltune.common.training import AtomicCheckpointIO
+
+__all__ = ["AtomicCheckpointIO", "FlowConfig", "build_flow", "flow_metadata", "load_flow",
+           "resolve_checkpoint"]  # fmt: skip
 
 FORMAT = "moltune-transport-flow/1"
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint writer that renames a complete temporary file into place."""
+@dataclass
+class FlowConfig:
+    """Which flow: ``baseline_ic`` or ``tarflow`` over ``internal`` or ``cartesian`` coordinates."""
 
-    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        torch_save(path, checkpoint)
+    name: str = "tarflow"
+    representation: str = "internal"
+    n_blocks: int = 4
+    d_model: int = 32
+    n_layers: int = 1
+    n_heads: int = 4
+    mlp_ratio: int = 2
+    scale_bound: float = 1.0
+    atom_embeddings: bool = True
+    per_coordinate: bool = True  # a per-coordinate (baseline-style) layer before the blocks
+
+
+def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
+    """The configured flow (untrained; fit ``flow.representation`` before training)."""
+    from moltune.flow.models import make_flow
+
+    kwargs: dict[str, Any] = {}
+    if cfg.name == "tarflow":
+        kwargs = {
+            "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads, "mlp_ratio": cfg.mlp_ratio, "scale_bound": cfg.scale_bound,
+            "atom_embeddings": cfg.atom_embeddings, "per_coordinate": cfg.per_coordinate,
+        }  # fmt: skip
+    return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 
 
 def _pdb_text(topology, positions_nm) -> str:
@@ -66,7 +92,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     last = ckdir / "last.ckpt"
     if not last.exists():
         raise InputFileError(f"no checkpoint found in {path} (expected {last})")
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{last} is not a readable weights-only checkpoint: {exc}") from exc
     for key, value in state.get("callbacks", {}).items():
         if "ModelCheckpoint" in key and value.get("best_model_path"):
             best = Path(value["best_model_path"])
@@ -81,7 +110,6 @@ def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Mod
     from openmm import app
 
     from moltune.common.config import from_dict
-    from moltune.flow.train import FlowConfig, build_flow
 
     ckpt = resolve_checkpoint(path)
     try:

@@ -10,6 +10,11 @@ optimisation is manual so that steps with non-finite losses or gradients are ski
 counted (``train/skipped_steps``), gradients are clipped, and the learning rate warms up.
 Metric names follow the project's contract (``train/loss``, ``val/acceptance_flow``, ...).
 
+Device-safe: the energy (a float64 submodule, kept out of checkpoints) and the reference energies
+are buffers, so ``.to(device)`` moves them and every tensor a step makes is made on the module's
+device. Training items are drawn by :class:`moltune.common.training.EpochShardSampler` (each DDP
+rank its own epoch-seeded shard; every target frame a function of (seed, epoch, item)).
+
 Several systems (``moltune.flow.multi_peptide``: peptides sharing one core) use the same module:
 a subclass overrides :meth:`TransportModule.system`, training batches carry a fifth item (the
 system's index) and validation batches an eighth; ``pair_tags`` names each validation pair.
@@ -17,7 +22,6 @@ system's index) and validation batches an eighth; ``pair_tags`` names each valid
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import lightning as L
@@ -43,20 +47,23 @@ class PairSet:
 
 
 class TrainPairs(Dataset):
-    """Item k: source frame k (over all pairs) with a random target frame of the same pair."""
+    """Item k: source frame k (over all pairs) with a target frame of the same pair drawn from
+    (seed, epoch, k) alone (the index may be ``(epoch, k)``), so any number of ranks and a
+    resumed run draw the same pairs."""
 
     def __init__(self, pairs: list[PairSet], seed: int = 0):
         self.pairs = pairs
         self.offsets = np.cumsum([0] + [len(p.x) for p in pairs])
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def __getitem__(self, k: int):
+    def __getitem__(self, index):
+        epoch, k = index if isinstance(index, tuple) else (0, index)
         q = int(np.searchsorted(self.offsets, k, side="right") - 1)
         p = self.pairs[q]
-        j = int(self.rng.integers(len(p.y)))
+        j = int(np.random.default_rng([self.seed, epoch, k]).integers(len(p.y)))
         return p.x[k - self.offsets[q]], p.y[j], p.t_source_K, p.t_target_K
 
 
@@ -145,10 +152,20 @@ class TransportDataModule(L.LightningDataModule):
                 )
             else:
                 self.train_sets = make_pairs(data, self.pairs)
-        return DataLoader(
-            TrainPairs(self.train_sets, self.seed), batch_size=self.batch_size, shuffle=True,
-            drop_last=True, num_workers=0,
-        )  # fmt: skip
+        from moltune.common.errors import InvalidInputError
+        from moltune.common.training import EpochShardSampler, world
+
+        ds = TrainPairs(self.train_sets, self.seed)
+        size = world()[1]
+        if self.batch_size % size:
+            raise InvalidInputError(f"batch size {self.batch_size} is not divisible by the "
+                                    f"{size} processes (the batch is global)")  # fmt: skip
+        per_rank = self.batch_size // size
+        if len(ds) < self.batch_size:
+            raise InvalidInputError(f"{len(ds)} training pairs are fewer than one batch of "
+                                    f"{self.batch_size}")  # fmt: skip
+        sampler = EpochShardSampler(len(ds), self.seed, shuffle=True, per_rank_batch=per_rank)
+        return DataLoader(ds, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=0)
 
     def val_dataloader(self):
         return DataLoader(
@@ -165,11 +182,80 @@ class TransportDataModule(L.LightningDataModule):
         return {t: float(np.mean(np.concatenate(v))) for t, v in ref.items()}
 
 
+class Unsaved(torch.nn.Module):
+    """A submodule that moves with its parent (``.to``) but stays out of its checkpoints."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self._register_state_dict_hook(Unsaved._drop)
+        self._register_load_state_dict_pre_hook(self._fill, with_module=False)
+
+    @staticmethod
+    def _drop(module, state_dict, prefix, local_metadata):
+        for k in [k for k in state_dict if k.startswith(prefix)]:
+            del state_dict[k]
+
+    def _fill(self, state_dict, prefix, *args):
+        for k, v in self.inner.state_dict(prefix=prefix + "inner.", keep_vars=True).items():
+            state_dict.setdefault(k, v)
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+class Float64Energy(Unsaved):
+    """U(x) (kJ/mol) of [B, N, 3] nm in float64 whatever the network's precision: autocast off,
+    the input cast, and ``.to(dtype)`` of the parent moves its parameters but never casts them."""
+
+    def __init__(self, energy: torch.nn.Module):
+        super().__init__(energy)
+        self.inner.double()
+
+    def _apply(self, fn, recurse=True):
+        device = fn(torch.zeros(1, dtype=torch.float64)).device
+        self.inner.to(device=device, dtype=torch.float64)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.inner(x.double())
+
+
+class ReferenceEnergies(torch.nn.Module):
+    """Temperature (K) -> reference mean energy (kJ/mol), as non-persistent float64 buffers."""
+
+    def __init__(self, u_ref: dict[float, float]):
+        super().__init__()
+        items = sorted((float(k), float(v)) for k, v in u_ref.items())
+        self.register_buffer("t_K", torch.tensor([t for t, _ in items], dtype=torch.float64),
+                             persistent=False)  # fmt: skip
+        self.register_buffer("u_kjmol", torch.tensor([u for _, u in items], dtype=torch.float64),
+                             persistent=False)  # fmt: skip
+
+    def _apply(self, fn, recurse=True):
+        device = fn(torch.zeros(1, dtype=torch.float64)).device
+        self.t_K, self.u_kjmol = self.t_K.to(device), self.u_kjmol.to(device)
+        return self
+
+    def as_dict(self) -> dict[float, float]:
+        return dict(zip(self.t_K.tolist(), self.u_kjmol.tolist()))
+
+    def forward(self, temps_K: torch.Tensor) -> torch.Tensor:
+        """Reference energy (kJ/mol) of each sample's temperature [B] (on the buffers' device)."""
+        t = torch.as_tensor(temps_K, dtype=torch.float64, device=self.t_K.device).reshape(-1)
+        hit = torch.isclose(t[:, None], self.t_K[None, :], rtol=0, atol=1e-6)
+        if not bool(hit.any(1).all()):
+            raise KeyError(f"no reference energy for temperatures {t[~hit.any(1)].tolist()} K")
+        return self.u_kjmol[hit.long().argmax(1)]
+
+
 class TransportModule(L.LightningModule):
     """Passive module: a transport flow, its energy and the two-direction loss.
 
-    ``energy`` maps [B, N, 3] nm to U [B] kJ/mol (float64 used); it is not a submodule, so it
-    never enters checkpoints. ``u_ref`` maps temperature (K) -> reference mean energy (kJ/mol).
+    ``energy`` maps [B, N, 3] nm to U [B] kJ/mol; it is held as a float64 submodule
+    (:class:`Float64Energy`) that moves with the module and never enters checkpoints. ``u_ref``
+    maps temperature (K) -> reference mean energy (kJ/mol) (:class:`ReferenceEnergies`).
     """
 
     pair_tags: dict[int, str] | None = None  # validation pair index -> metric tag (all logged)
@@ -192,8 +278,8 @@ class TransportModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.flow = flow
-        self._energy = {"fn": energy}
-        self.u_ref = {float(k): float(v) for k, v in u_ref.items()}
+        self.energy = energy if isinstance(energy, Float64Energy) else Float64Energy(energy)
+        self.reference = ReferenceEnergies(u_ref)
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.total_steps = warmup_steps, total_steps
         self.grad_clip, self.cut_kT, self.min_lr_fraction = grad_clip, cut_kT, min_lr_fraction
@@ -204,8 +290,8 @@ class TransportModule(L.LightningModule):
         self._val: list = []
 
     @property
-    def energy(self):
-        return self._energy["fn"]
+    def u_ref(self) -> dict[float, float]:
+        return self.reference.as_dict()
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -225,33 +311,29 @@ class TransportModule(L.LightningModule):
                 {"params": fast, "lr": self.lr * self.fast_lr_factor, "weight_decay": 0.0}
             )
         opt = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        from moltune.common.training import lr_factor
 
-        def factor(step: int) -> float:
-            if step < self.warmup_steps:
-                return (step + 1) / self.warmup_steps
-            t = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-            return self.min_lr_fraction + (1 - self.min_lr_fraction) * 0.5 * (
-                1 + math.cos(math.pi * t)
-            )
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, self.warmup_steps, self.total_steps, "cosine",
+                                     self.min_lr_fraction))  # fmt: skip
         return [opt], [{"scheduler": sched, "interval": "step"}]
 
     def system(self, key: int | None = None):
-        """(flow, energy, u_ref) of the system a batch belongs to (here one: ``key`` is None)."""
-        return self.flow, self.energy, self.u_ref
+        """(flow, energy, reference energies) of the system a batch belongs to (here one)."""
+        return self.flow, self.energy, self.reference
 
-    @staticmethod
-    def _u_ref(temps: torch.Tensor, u_ref: dict) -> torch.Tensor:
-        """Reference mean energy (kJ/mol) of each sample's temperature."""
-        return torch.tensor([u_ref[float(t)] for t in temps.tolist()], dtype=torch.float64)
+    def _flow_dtype(self, flow) -> torch.dtype:
+        p = next(flow.parameters(), None)
+        return p.dtype if p is not None and p.is_floating_point() else torch.float32
 
     def _terms(self, x, y, ts, tt, key: int | None = None):
-        flow, energy, u_ref = self.system(key)
-        ts64, tt64 = ts.double(), tt.double()
+        flow, energy, ref = self.system(key)
+        dtype = self._flow_dtype(flow)
+        ts64 = torch.as_tensor(ts, device=self.device).double()
+        tt64 = torch.as_tensor(tt, device=self.device).double()
         return transport_terms(
-            flow, energy, x, y, ts64, tt64, self._u_ref(ts64, u_ref), self._u_ref(tt64, u_ref),
-            self.cut_kT,
+            flow, energy, x.to(self.device, dtype), y.to(self.device, dtype), ts64, tt64,
+            ref(ts64), ref(tt64), self.cut_kT,
         )  # fmt: skip
 
     def training_step(self, batch, batch_idx):
@@ -265,33 +347,42 @@ class TransportModule(L.LightningModule):
         if self.step0 is None:
             self._record_step0(terms, x, y, ts, tt, key)
         opt.zero_grad()
-        grad_norm = torch.tensor(float("nan"))
-        if torch.isfinite(loss):
+        # every rank takes the same decision (DDP averages gradients: all step or none)
+        finite = self._all_ranks(torch.isfinite(loss))
+        grad_norm = loss.new_tensor(float("nan"))
+        if finite:
             self.manual_backward(loss)
             grad_norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.grad_clip)
-        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        if finite and torch.isfinite(grad_norm):
             opt.step()
         else:
             opt.zero_grad()
             self.skipped_steps += 1
         sched.step()
-        log = {"on_step": True, "on_epoch": False, "batch_size": x.shape[0]}
+        log = {"on_step": True, "on_epoch": False, "batch_size": x.shape[0], "sync_dist": True}
         self.log(mn.TRAIN_LOSS, loss.detach().float(), prog_bar=True, **log)
         self.log(mn.TRAIN_LOSS_FORWARD, loss_f.detach().float(), **log)
         self.log(mn.TRAIN_LOSS_INVERSE, loss_i.detach().float(), **log)
-        self.log(mn.TRAIN_GRAD_NORM, grad_norm.float(), **log)
+        self.log(mn.TRAIN_GRAD_NORM, grad_norm.detach().float(), **log)
         self.log(mn.TRAIN_SKIPPED_STEPS, self.skipped_steps.float(), **log)
-        self.log(mn.TRAIN_LR, torch.tensor(sched.get_last_lr()[0]), **log)
+        self.log(mn.TRAIN_LR, float(sched.get_last_lr()[0]), **log)
         return loss.detach()
+
+    def _all_ranks(self, flag: torch.Tensor) -> bool:
+        """``flag`` on every rank (a min-reduction under DDP; the flag itself otherwise)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return bool(flag)
+        return bool(trainer.strategy.reduce(flag.float(), reduce_op="min") > 0.5)
 
     def _record_step0(self, terms, x, y, ts, tt, key: int | None = None) -> None:
         """Step-0 losses beside the identity map's values b_t <U(x)> and b_s <U(y)>."""
         energy = self.system(key)[1]
         with torch.no_grad():
-            b_s = torch.as_tensor(beta(ts.double()))
-            b_t = torch.as_tensor(beta(tt.double()))
-            u_x = energy(x.double())
-            u_y = energy(y.double())
+            b_s = torch.as_tensor(beta(torch.as_tensor(ts, device=self.device).double()))
+            b_t = torch.as_tensor(beta(torch.as_tensor(tt, device=self.device).double()))
+            u_x = energy(x.to(self.device))
+            u_y = energy(y.to(self.device))
             self.step0 = {
                 "loss_forward": float(terms.loss_forward.mean()),
                 "loss_inverse": float(terms.loss_inverse.mean()),
@@ -313,14 +404,16 @@ class TransportModule(L.LightningModule):
             m = q == pair
             t_s, t_t = float(ts[m][0]), float(tt[m][0])
             flow, energy, _ = self.system(int(key[0][m][0]) if key else None)
+            dtype = self._flow_dtype(flow)
             prop = propose_flow_swap(
-                flow, energy, x[m].double(), y[m].double(), t_s, t_t,
-                float(beta(t_s)), float(beta(t_t)), u_x[m].numpy(), u_y[m].numpy(),
+                flow, energy, x[m].to(dtype), y[m].to(dtype), t_s, t_t,
+                float(beta(t_s)), float(beta(t_t)), u_x[m].double().cpu().numpy(),
+                u_y[m].double().cpu().numpy(),
             )  # fmt: skip
             if pair not in self._round_trip_done:  # T^-1(T(x)) = x: a test of invertibility
                 self._round_trip_done.add(pair)
-                xr, _ = flow.inverse(prop.y_to_j[:128], t_s, t_t)
-                err = (xr - x[m][:128].double()) ** 2
+                xr, _ = flow.inverse(prop.y_to_j[:128].to(dtype), t_s, t_t)
+                err = (xr.double() - x[m][:128].double()) ** 2
                 rmsd = err.sum(-1).mean(-1).sqrt().cpu().numpy()
             else:
                 rmsd = np.zeros(0)
@@ -360,8 +453,8 @@ class TransportModule(L.LightningModule):
                 summary[k].append(v)
             if len(per_pair) > 1 or self.pair_tags:
                 tag = self.pair_tags[pair] if self.pair_tags else f"{t_s:g}_{t_t:g}"
-                self.log(f"val/acceptance_flow_{tag}", float(acc))
-                self.log(f"val/acceptance_naive_{tag}", float(naive))
+                self.log(f"val/acceptance_flow_{tag}", float(acc), sync_dist=True)
+                self.log(f"val/acceptance_naive_{tag}", float(naive), sync_dist=True)
         names = {
             "lf": mn.VAL_LOSS_FORWARD, "li": mn.VAL_LOSS_INVERSE, "uf": mn.VAL_ENERGY_FORWARD,
             "ui": mn.VAL_ENERGY_INVERSE, "us": mn.VAL_ENERGY_SOURCE_REF,
@@ -371,8 +464,9 @@ class TransportModule(L.LightningModule):
             "rmsd": mn.VAL_RECONSTRUCTION_RMSD,
         }  # fmt: skip
         for k, name in names.items():
-            self.log(name, float(np.mean(summary[k])))
-        self.log(mn.VAL_LOSS, float(np.mean(summary["lf"]) + np.mean(summary["li"])))
+            self.log(name, float(np.mean(summary[k])), sync_dist=True)
+        self.log(mn.VAL_LOSS, float(np.mean(summary["lf"]) + np.mean(summary["li"])),
+                 sync_dist=True)  # fmt: skip
         self._val = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

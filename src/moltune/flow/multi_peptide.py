@@ -8,8 +8,10 @@ TarFlow core -- which sees a peptide only through its atoms' embeddings and the 
 :class:`MultiTransportModule` is ``moltune.flow.lightning.TransportModule`` (same loss
 ``moltune.flow.losses.transport_terms``, skipped non-finite steps, clipping, warm-up + cosine
 schedule, validation metrics) picking the peptide's flow, energy and reference energies by the
-batch; :class:`MultiTransportDataModule` serves batch k from peptide ``k mod P`` (round robin),
-mixing its configured temperature pairs, and every peptide's held-out pairs for validation. The
+batch; :class:`MultiTransportDataModule` serves global batch k from peptide ``k mod P`` (round
+robin), mixing its configured temperature pairs (each DDP rank its share of batch k), and every
+peptide's held-out pairs for validation. The run lifecycle (run folder, hardware, loggers,
+resume, metric rows) is ``moltune.common.training``'s, as for every trainer. The
 per-coordinate layer has one parameter per coordinate of one molecule, so it cannot be shared:
 ``per_coordinate`` must be false.
 
@@ -43,7 +45,6 @@ value (origin 0), the same convention on every peptide; the checkpoint records i
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -58,8 +59,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moltune.common.errors import InvalidInputError
-from moltune.flow.lightning import TransportModule
-from moltune.flow.train import FlowConfig, load_pt_runs
+from moltune.common.training import TrainerConfig
+from moltune.flow.checkpoint import FlowConfig
+from moltune.flow.lightning import Float64Energy, ReferenceEnergies, TransportModule, Unsaved
+from moltune.flow.train import load_pt_runs
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ class MultiTrainConfig:
     """A multi-peptide transport-flow run (defaults <- preset YAML <- CLI flags).
 
     ``peptides`` maps a name to ``{"train_dir": DIR or [DIR, ...], "test_dir": DIR or null}``
-    (``moltune pt simulate`` folders of one ladder); without ``test_dir`` the last
+    (``moltune pt simulate`` folders of one ladder, relative to ``data_root`` as in
+    ``moltune.flow.train.DataConfig``; ``simulate`` their recipes); without ``test_dir`` the last
     ``val_fraction`` of each temperature's frames is held out for validation.
     """
 
@@ -99,6 +103,69 @@ class MultiTrainConfig:
     init: str | None = None  # checkpoint / run whose shared core starts this run
     torsion_origin: str = "zero"  # "zero" (physical torsions) or "fitted" (circular means)
     monitors: dict = field(default_factory=dict)  # moltune.validation.monitors.MonitorConfig
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data_root: str | None = None
+    simulate: dict = field(default_factory=dict)
+
+
+def _peptide_spec(name: str, spec) -> dict:
+    spec = {"train_dir": spec} if isinstance(spec, (str, list)) else dict(spec or {})
+    unknown = set(spec) - {"train_dir", "test_dir"}
+    if unknown or not spec.get("train_dir"):
+        raise InvalidInputError(f"peptide {name}: expected train_dir (and test_dir), got "
+                                f"{sorted(spec)}")  # fmt: skip
+    return spec
+
+
+def _resolved(spec: dict, root) -> dict:
+    from moltune.common.training import resolve_data
+
+    t = spec["train_dir"]
+    t = [resolve_data(d, root) for d in t] if isinstance(t, list) else resolve_data(t, root)
+    test = resolve_data(spec["test_dir"], root) if spec.get("test_dir") else None
+    return {"train_dir": t, "test_dir": test}
+
+
+def peptide_folders(cfg: MultiTrainConfig) -> list[str]:
+    """Every PT data folder the run reads, resolved against the data root."""
+    out: list[str] = []
+    for name, spec in cfg.peptides.items():
+        r = _resolved(_peptide_spec(name, spec), cfg.data_root)
+        out += r["train_dir"] if isinstance(r["train_dir"], list) else [r["train_dir"]]
+        out += [r["test_dir"]] if r["test_dir"] else []
+    return out
+
+
+def check_multi_config(cfg: MultiTrainConfig) -> None:
+    """Refuse settings that cannot train (before anything is created)."""
+    from moltune.common.training import check_positive, check_trainer_config
+
+    if not cfg.peptides or not isinstance(cfg.peptides, dict):
+        raise InvalidInputError("no peptides configured (peptides: {NAME: {train_dir: DIR}})")
+    for name, spec in cfg.peptides.items():
+        _peptide_spec(name, spec)
+    if not cfg.init and (cfg.flow.name != "tarflow" or cfg.flow.per_coordinate):
+        raise InvalidInputError("multi-peptide training needs flow.name tarflow with "
+                                "per_coordinate: false (that layer is peptide-specific)")  # fmt: skip
+    if isinstance(cfg.steps, bool) or not isinstance(cfg.steps, int) or cfg.steps < 0:
+        raise InvalidInputError(f"steps must be an integer >= 0, got {cfg.steps!r}")
+    for name in ("batch_size", "val_every_steps", "val_pairs", "threads"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
+    check_positive(lr=cfg.lr, grad_clip=cfg.grad_clip, max_minutes=cfg.max_minutes,
+                   energy_cut_kT=cfg.energy_cut_kT)  # fmt: skip
+    if not (0 < cfg.val_fraction < 1):
+        raise InvalidInputError(f"val_fraction must be in (0, 1), got {cfg.val_fraction!r}")
+    if cfg.torsion_origin not in TORSION_ORIGINS:
+        raise InvalidInputError(f"torsion_origin must be one of {TORSION_ORIGINS}, "
+                                f"got {cfg.torsion_origin!r}")  # fmt: skip
+    check_trainer_config(cfg.trainer)
+    if cfg.monitors:
+        from moltune.common.config import from_dict
+        from moltune.validation.monitors import MonitorConfig
+
+        from_dict(MonitorConfig, dict(cfg.monitors), "monitors")
 
 
 @dataclass
@@ -110,7 +177,7 @@ class PeptideSet:
     train_sets: list
     val_sets: list
     flow: torch.nn.Module  # TransportFlow(own representation, shared core)
-    energy: Any  # [B, N, 3] nm float64 -> U [B] kJ/mol
+    energy: Any  # TorchEnergy: [B, N, 3] nm float64 -> U [B] kJ/mol
     u_ref: dict[float, float]
 
 
@@ -143,20 +210,26 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
         raise InvalidInputError("no peptides configured (peptides: {NAME: {train_dir: DIR}})")
     sets, ladder = [], None
     for name, spec in cfg.peptides.items():
-        spec = {"train_dir": spec} if isinstance(spec, (str, list)) else dict(spec)
-        unknown = set(spec) - {"train_dir", "test_dir"}
-        if unknown or "train_dir" not in spec:
-            raise InvalidInputError(f"peptide {name}: expected train_dir (and test_dir), got "
-                                    f"{sorted(spec)}")  # fmt: skip
+        spec = _resolved(_peptide_spec(name, spec), cfg.data_root)
         data = load_pt_runs(spec["train_dir"], f"{name} training data")
         temps = [float(t) for t in data.temperatures_K]
+        if len(temps) < 2:
+            raise InvalidInputError(f"peptide {name}: the data has one temperature ({temps} K)")
         if ladder is None:
             ladder = temps
         elif temps != ladder:
             raise InvalidInputError(f"peptide {name} has the ladder {temps} K, not {ladder} K")
         pairs = [tuple(p) for p in cfg.pairs] if cfg.pairs else neighbour_pairs(len(temps))
+        for p in pairs:
+            if len(p) != 2 or not all(0 <= v < len(temps) for v in p) or p[0] == p[1]:
+                raise InvalidInputError(f"pair {list(p)} is not two different indices into "
+                                        f"the ladder {temps} K")  # fmt: skip
         if spec.get("test_dir"):
             test = load_pt_runs(spec["test_dir"], f"{name} held-out data")
+            atoms = lambda d: [(a.residue.name, a.name) for a in d.topology.atoms()]
+            if atoms(test) != atoms(data) or [float(t) for t in test.temperatures_K] != temps:
+                raise InvalidInputError(f"peptide {name}: the held-out data is of another "
+                                        "peptide or ladder than its training data")  # fmt: skip
             train_sets, val_sets = make_pairs(data, pairs), make_pairs(test, pairs)
         else:
             n = min(len(f) for f in data.xyz_nm)
@@ -173,7 +246,7 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
             ref.setdefault(p.t_source_K, []).append(p.u_x)
             ref.setdefault(p.t_target_K, []).append(p.u_y)
         sets.append(PeptideSet(
-            name, data, train_sets, val_sets, TransportFlow(rep, core), energy.energy,
+            name, data, train_sets, val_sets, TransportFlow(rep, core), energy,
             {t: float(np.mean(np.concatenate(v))) for t, v in ref.items()},
         ))  # fmt: skip
     return sets
@@ -182,13 +255,17 @@ def load_peptide_sets(cfg: MultiTrainConfig, core: torch.nn.Module) -> list[Pept
 class RoundRobinBatches(Dataset):
     """Batch k: ``batch_size`` random (x, y) of peptide ``k mod P``, its pairs mixed at random.
 
-    Each batch is a function of (seed, k) alone, so a resumed run draws the batches the
-    interrupted one would have drawn. Items are ``(x, y, t_source_K, t_target_K, peptide)``
-    (float64 nm, per-sample temperatures, the peptide's index).
+    Each global batch is a function of (seed, k) alone, so a resumed run draws the batches the
+    interrupted one would have drawn, and under DDP rank r of W takes its items r, r + W, ...
+    (``shard``: (rank, world size); default: this process's). Items are
+    ``(x, y, t_source_K, t_target_K, peptide)`` (float64 nm, per-sample temperatures, the
+    peptide's index).
     """
 
-    def __init__(self, sets: list[PeptideSet], batch_size: int, seed: int, length: int):
+    def __init__(self, sets: list[PeptideSet], batch_size: int, seed: int, length: int,
+                 shard: tuple[int, int] | None = None):  # fmt: skip
         self.sets, self.batch_size, self.seed, self.length = sets, batch_size, seed, length
+        self.shard = shard
 
     def __len__(self) -> int:
         return self.length
@@ -206,13 +283,18 @@ class RoundRobinBatches(Dataset):
                 ys.append(p.y[rng.integers(len(p.y), size=m)])
                 ts += [p.t_source_K] * m
                 tt += [p.t_target_K] * m
+        from moltune.common.training import world
+
+        rank, size = self.shard or world()
         f64 = torch.float64
-        return (torch.cat(xs).double(), torch.cat(ys).double(), torch.tensor(ts, dtype=f64),
-                torch.tensor(tt, dtype=f64), key)  # fmt: skip
+        x, y = torch.cat(xs).double(), torch.cat(ys).double()
+        ts_t, tt_t = torch.tensor(ts, dtype=f64), torch.tensor(tt, dtype=f64)
+        return x[rank::size], y[rank::size], ts_t[rank::size], tt_t[rank::size], key
 
 
 class _FromBatch(Sampler):
-    """Batch indices ``start(), start() + 1, ...`` (``length`` reported: the run's batches)."""
+    """Global batch numbers ``start(), ..., start() + length - 1``: one epoch is the rest of the
+    run (``start``: batches drawn so far, so a resumed run and a new epoch carry on)."""
 
     def __init__(self, start, length: int):
         self.start, self.length = start, length
@@ -221,7 +303,8 @@ class _FromBatch(Sampler):
         return self.length
 
     def __iter__(self):
-        return itertools.count(self.start())
+        first = self.start()
+        return iter(range(first, first + self.length))
 
 
 class MultiValPairs(Dataset):
@@ -267,6 +350,12 @@ class MultiTransportDataModule(L.LightningDataModule):
         return int(trainer.global_step) + int(trainer.lightning_module.skipped_steps)
 
     def train_dataloader(self):
+        from moltune.common.training import world
+
+        size = world()[1]
+        if self.batch_size % size:
+            raise InvalidInputError(f"batch size {self.batch_size} is not divisible by the "
+                                    f"{size} processes (the batch is global)")  # fmt: skip
         ds = RoundRobinBatches(self.sets, self.batch_size, self.seed, max(1, self.steps))
         return DataLoader(ds, batch_size=None, sampler=_FromBatch(self._batches_done, len(ds)),
                           num_workers=0)  # fmt: skip
@@ -288,23 +377,30 @@ class MultiTransportModule(TransportModule):
     def __init__(self, sets: list[PeptideSet], **kwargs):
         super().__init__(sets[0].flow, sets[0].energy, sets[0].u_ref, **kwargs)
         self.peptides = list(sets)  # a list: no submodules, so no extra state-dict keys
+        # every peptide's energy, reference energies and representation move with the module
+        self.energies = torch.nn.ModuleList(
+            [self.energy] + [Float64Energy(ps.energy) for ps in sets[1:]])
+        self.references = torch.nn.ModuleList(
+            [self.reference] + [ReferenceEnergies(ps.u_ref) for ps in sets[1:]])
+        self.representations = Unsaved(torch.nn.ModuleList(
+            [ps.flow.representation for ps in sets]))  # saved as peptide_representations
         self.pair_tags = {}
         for ps in sets:
             for p in ps.val_sets:
                 self.pair_tags[len(self.pair_tags)] = f"{ps.name}_{p.t_source_K:g}_{p.t_target_K:g}"
 
     def system(self, key: int | None = None):
-        ps = self.peptides[key or 0]
-        return ps.flow, ps.energy, ps.u_ref
+        k = key or 0
+        return self.peptides[k].flow, self.energies[k], self.references[k]
 
     def _log_step(self, **kw) -> None:
         """``metrics.csv``'s step: batches trained so far (optimiser steps + skipped steps)."""
-        self.log("step", float(self.global_step + int(self.skipped_steps)), **kw)
+        self.log("step", float(self.global_step + int(self.skipped_steps)), sync_dist=True, **kw)
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         kw = {"on_step": True, "on_epoch": False, "batch_size": batch[0].shape[0]}
-        self.log("train/peptide", float(batch[-1]), **kw)  # index into the config's peptides
+        self.log("train/peptide", float(batch[-1]), sync_dist=True, **kw)  # index into the config's peptides
         self._log_step(**kw)
         return loss
 
@@ -345,18 +441,16 @@ class _StopAtLastStep(Callback):
 
 
 def _init_core(spec: str) -> tuple[dict, dict, str]:
-    """(core weights, flow_config, torsion origin) of a transport-flow checkpoint or run."""
-    from moltune.flow.checkpoint import resolve_checkpoint
+    """(core weights, flow_config, torsion origin) of a transport-flow checkpoint or run (read
+    by the one reader, ``moltune.flow.checkpoint.load_flow``)."""
+    from moltune.flow.checkpoint import load_flow
 
-    ckpt = resolve_checkpoint(spec)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    meta = state["hyper_parameters"]["moltune"]
-    if meta["flow_config"].get("per_coordinate"):
-        raise InvalidInputError(f"{ckpt}: a per-coordinate flow is peptide-specific; cannot "
-                                "start a multi-peptide run from it")  # fmt: skip
-    core = {k[len("flow.core."):]: v for k, v in state["state_dict"].items()
-            if k.startswith("flow.core.")}  # fmt: skip
-    return core, meta["flow_config"], meta.get("torsion_origin", "fitted")
+    flow, info = load_flow(spec)
+    if info["flow_config"].get("per_coordinate"):
+        raise InvalidInputError(f"{info['path']}: a per-coordinate flow is peptide-specific; "
+                                "cannot start a multi-peptide run from it")  # fmt: skip
+    core = {k: v.detach().clone() for k, v in flow.core.state_dict().items()}
+    return core, info["flow_config"], info.get("torsion_origin", "fitted")
 
 
 def _metadata(cfg: MultiTrainConfig, sets: list[PeptideSet]) -> dict:
@@ -411,52 +505,46 @@ def _save_start(trainer, ckpt_cb, score: float) -> None:
 
 
 def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
-                resume: bool = False) -> dict:  # fmt: skip
+                resume: bool = False) -> dict | None:  # fmt: skip
     """Train the shared core on every configured peptide into run folder ``out`` (Lightning);
-    returns the summary (also ``train_summary.json``), with ``metrics.csv`` and
-    ``plots/acceptance.png``. ``resume=True`` continues from ``RUN/checkpoints/last.ckpt``."""
+    returns the summary (also ``train_summary.json``; ``None`` on DDP ranks other than 0), with
+    ``metrics.csv`` and ``plots/acceptance.png``. ``resume=True`` continues from
+    ``RUN/checkpoints/last.ckpt``. Everything is checked before the folder is created."""
     import warnings
 
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from moltune.common.config import from_dict
-    from moltune.common.errors import InputFileError
     from moltune.common.io import write_json
-    from moltune.common.run import RunDir, package_versions
-    from moltune.flow.checkpoint import AtomicCheckpointIO
+    from moltune.common.run import package_versions
+    from moltune.common.training import (
+        check_run_folder,
+        finish_logging,
+        is_rank_zero,
+        make_trainer,
+        open_run,
+        read_metrics,
+    )  # fmt: skip
+    from moltune.flow.checkpoint import build_flow
     from moltune.flow.models import count_parameters
-    from moltune.flow.train import _merge_metrics, _read_metrics, build_flow
 
+    check_multi_config(cfg)
+    last = check_run_folder(out, resume)
     init_weights = None
     if cfg.init:
         init_weights, flow_cfg, origin = _init_core(cfg.init)
         cfg = dataclasses.replace(cfg, flow=from_dict(FlowConfig, flow_cfg, "flow"),
                                   torsion_origin=origin)  # the convention the core learned
-    if cfg.flow.name != "tarflow" or cfg.flow.per_coordinate:
-        raise InvalidInputError("multi-peptide training needs flow.name tarflow with "
-                                "per_coordinate: false (that layer is peptide-specific)")  # fmt: skip
-    torch.set_num_threads(max(1, int(cfg.threads)))
-    torch.set_flush_denormal(True)
-    run = RunDir(Path(out))
-    last = run.checkpoints / "last.ckpt"
-    if resume and not last.exists():
-        raise InputFileError(f"cannot resume: {last} does not exist")
-    if not resume and last.exists():
-        raise InvalidInputError(f"{run.path} already holds a run; pass --resume or a new --out")
-    if resume:
+    if last is not None:
         meta = torch.load(last, map_location="cpu", weights_only=True)["hyper_parameters"]
         if meta["moltune"].get("peptides") != list(cfg.peptides):
-            raise InvalidInputError(f"cannot resume {run.path} with peptides {list(cfg.peptides)}:"
+            raise InvalidInputError(f"cannot resume {out} with peptides {list(cfg.peptides)}:"
                                     f" it trains {meta['moltune'].get('peptides')}")  # fmt: skip
-    run.write_config(cfg)
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    torch.set_flush_denormal(True)
     L.seed_everything(cfg.seed, verbose=False)
-
-    first_dir = next(iter(cfg.peptides.values()), None)
-    first_dir = first_dir["train_dir"] if isinstance(first_dir, dict) else first_dir
-    if first_dir is None:
-        raise InvalidInputError("no peptides configured (peptides: {NAME: {train_dir: DIR}})")
-    core = build_flow(cfg.flow, load_pt_runs(first_dir, "training data").topology).core
+    first = _resolved(_peptide_spec(*next(iter(cfg.peptides.items()))), cfg.data_root)
+    core = build_flow(cfg.flow, load_pt_runs(first["train_dir"], "training data").topology).core
     if init_weights is not None:
         core.load_state_dict(init_weights)
     sets = load_peptide_sets(cfg, core)
@@ -466,18 +554,16 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
         total_steps=cfg.steps, grad_clip=cfg.grad_clip, cut_kT=cfg.energy_cut_kT,
         min_lr_fraction=cfg.min_lr_fraction, hparams={"moltune": _metadata(cfg, sets)},
     )  # fmt: skip
-    previous = _read_metrics(run.metrics) if resume else None  # CSVLogger truncates the file
-    logger = CSVLogger(save_dir=str(run.path), name="", version="",
-                       flush_logs_every_n_steps=max(1, cfg.val_every_steps))  # fmt: skip
+    run = open_run(out, cfg)
+    previous = read_metrics(run.metrics) if last is not None and is_rank_zero() else None
     callbacks = _callbacks(cfg, run)
     ckpt_cb = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+    trainer = make_trainer(
+        cfg.trainer, run, callbacks, progress=progress, flush_every=cfg.val_every_steps,
         max_epochs=-1, max_steps=cfg.steps,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         val_check_interval=cfg.val_every_steps, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()], enable_progress_bar=progress,
+        use_distributed_sampler=False,  # RoundRobinBatches gives each rank its share
     )  # fmt: skip
     t0 = time.time()
     with warnings.catch_warnings():
@@ -485,18 +571,17 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
         # are in the checkpoint folder by design)
         warnings.filterwarnings("ignore", ".*(does not have many workers|exists and is not empty"
                                 "|dataloader is not resumable)")  # fmt: skip
-        if not resume:  # step 0: the initial core (identity, or the --init run's) validated
+        if last is None:  # step 0: the initial core (identity, or the --init run's) validated
             trainer.validate(module, datamodule=dm, verbose=False)
             score = float(trainer.callback_metrics["val/acceptance_flow"])
             _save_start(trainer, ckpt_cb, score)
         if cfg.steps > 0:
-            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None,
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None,
                         weights_only=True)  # fmt: skip
     minutes = (time.time() - t0) / 60.0
-    logger.save()
-    if previous is not None:
-        _merge_metrics(run.metrics, previous)
-    (run.path / "hparams.yaml").unlink(missing_ok=True)
+    finish_logging(trainer, run, previous)
+    if not trainer.is_global_zero:
+        return None
     rows = pd.read_csv(run.metrics).dropna(subset=["val/acceptance_flow"])
     val = lambda r: {k: float(v) for k, v in r.items() if k.startswith("val/") and pd.notna(v)}
     summary = {
@@ -505,7 +590,8 @@ def train_multi(cfg: MultiTrainConfig, out: str | Path, progress: bool = True,
         "peptides": [s.name for s in sets], "init": cfg.init, "resumed": resume,
         "best_val_acceptance_flow": float(ckpt_cb.best_model_score),
         "start": val(rows.iloc[0]), "last": val(rows.iloc[-1]),
-        "best_checkpoint": str(ckpt_cb.best_model_path), "versions": package_versions(),
+        "best_checkpoint": str(ckpt_cb.best_model_path), "world_size": trainer.world_size,
+        "versions": package_versions(),
     }  # fmt: skip
     write_json(run.path / "train_summary.json", summary)
     plot_multi(run.path)

@@ -4,7 +4,10 @@
 standardisation on the training frames), and runs Lightning with a CSV logger
 (``RUN/metrics.csv``), atomic top-k + last checkpoints (monitor ``val/acceptance_flow``), the
 project's red-flag monitors (``moltune.validation.monitors``) and loss/acceptance plots.
-``resume=True`` continues from ``RUN/checkpoints/last.ckpt``.
+``resume=True`` continues from ``RUN/checkpoints/last.ckpt``. The run lifecycle (settings and
+folder checked before anything is created, hardware from ``trainer``, loggers, metric rows kept
+across a resume) is ``moltune.common.training``'s; ``batch_size`` is the global batch, split over
+DDP processes.
 
 Limits: ``epochs`` (passes over the training frames), ``steps`` (optimiser steps) and
 ``max_minutes`` (wall clock); whichever comes first ends the run.
@@ -23,37 +26,33 @@ import numpy as np
 import torch
 
 from moltune.common.errors import InputFileError, InvalidInputError
+from moltune.common.training import TrainerConfig
+from moltune.flow.checkpoint import FlowConfig, build_flow
+
+__all__ = ["DataConfig", "FlowConfig", "TrainConfig", "build_flow", "check_config", "train"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class FlowConfig:
-    """Which flow: ``baseline_ic`` or ``tarflow`` over ``internal`` or ``cartesian`` coordinates."""
-
-    name: str = "tarflow"
-    representation: str = "internal"
-    n_blocks: int = 4
-    d_model: int = 32
-    n_layers: int = 1
-    n_heads: int = 4
-    mlp_ratio: int = 2
-    scale_bound: float = 1.0
-    atom_embeddings: bool = True
-    per_coordinate: bool = True  # a per-coordinate (baseline-style) layer before the blocks
-
-
-@dataclass
 class DataConfig:
-    """Replica-exchange data (``moltune pt simulate`` folders) and which temperature pairs."""
+    """Replica-exchange data (``moltune pt simulate`` folders) and which temperature pairs.
 
-    train_dir: str | list = "/work/data/aa_pt_train"  # one PT folder, or several of one system
-    test_dir: str | None = "/work/data/aa_pt_test"  # held-out (independent) validation frames
+    Folders are named relative to the data root (``root``: ``--data-root``, else
+    ``$MOLTUNE_DATA``, else ``./data``); ``simulate`` maps a folder name to the
+    ``moltune pt simulate`` arguments that make it (named in the error when it is missing, run
+    by ``--simulate-missing``).
+    """
+
+    train_dir: str | list = "aa_pt_train"  # one PT folder, or several of one system
+    test_dir: str | None = "aa_pt_test"  # held-out (independent) validation frames
     pairs: list | None = None  # [[i, j], ...] indices into the ladder; None = neighbours
     val_pairs: int = 2000  # validation pairs per temperature pair
     val_fraction: float = 0.1  # held-out tail when test_dir is None
     max_frames: int | None = None  # at most this many frames per temperature for training
     reload_every_epoch: bool = False  # re-read train_dir each epoch (PT run still growing)
+    root: str | None = None
+    simulate: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -62,7 +61,8 @@ class TrainConfig:
 
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    batch_size: int = 128
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    batch_size: int = 128  # global: split over the DDP processes
     lr: float = 2e-3
     fast_lr_factor: float = 10.0  # learning-rate factor of the per-coordinate layer
     moment_start: bool = True  # start the per-coordinate layer from a Gaussian (ML) fit
@@ -79,23 +79,86 @@ class TrainConfig:
     top_k: int = 3
     seed: int = 0
     threads: int = 1  # torch CPU threads (1 is fastest on a shared 2-core machine)
-    accelerator: str = "cpu"
     solvent: str = "obc2"
     monitors: dict = field(default_factory=dict)  # moltune.validation.monitors.MonitorConfig
 
 
-def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
-    """The configured flow (untrained; fit ``flow.representation`` before training)."""
-    from moltune.flow.models import make_flow
+FLOWS = ("baseline_ic", "tarflow")
+REPRESENTATIONS = ("internal", "cartesian")
 
-    kwargs: dict[str, Any] = {}
-    if cfg.name == "tarflow":
-        kwargs = {
-            "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
-            "n_heads": cfg.n_heads, "mlp_ratio": cfg.mlp_ratio, "scale_bound": cfg.scale_bound,
-            "atom_embeddings": cfg.atom_embeddings, "per_coordinate": cfg.per_coordinate,
-        }  # fmt: skip
-    return make_flow(cfg.name, topology, cfg.representation, **kwargs)
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse a setting that cannot train (before anything is created)."""
+    from moltune.common.training import check_positive, check_trainer_config
+
+    for name in ("steps", "epochs"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
+    for name in ("batch_size", "val_every_steps", "threads"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
+    check_positive(lr=cfg.lr, grad_clip=cfg.grad_clip, energy_cut_kT=cfg.energy_cut_kT,
+                   max_minutes=cfg.max_minutes, fast_lr_factor=cfg.fast_lr_factor)  # fmt: skip
+    if not isinstance(cfg.warmup_steps, int) or cfg.warmup_steps < 0:
+        raise InvalidInputError(f"warmup_steps must be an integer >= 0, got {cfg.warmup_steps!r}")
+    if not (0 <= cfg.min_lr_fraction <= 1) or cfg.weight_decay < 0:
+        raise InvalidInputError("min_lr_fraction must be in [0, 1] and weight_decay >= 0")
+    if not isinstance(cfg.top_k, int) or cfg.top_k < 1:
+        raise InvalidInputError(f"top_k must be an integer >= 1, got {cfg.top_k!r}")
+    if cfg.flow.name not in FLOWS or cfg.flow.representation not in REPRESENTATIONS:
+        raise InvalidInputError(f"flow.name must be one of {FLOWS} and flow.representation one "
+                                f"of {REPRESENTATIONS}")  # fmt: skip
+    d = cfg.data
+    if not isinstance(d.val_pairs, int) or d.val_pairs < 1 or not (0 < d.val_fraction < 1):
+        raise InvalidInputError("data.val_pairs must be >= 1 and data.val_fraction in (0, 1)")
+    if d.max_frames is not None and (not isinstance(d.max_frames, int) or d.max_frames < 2):
+        raise InvalidInputError(f"data.max_frames must be >= 2, got {d.max_frames!r}")
+    check_trainer_config(cfg.trainer)
+    if cfg.monitors:
+        from moltune.common.config import from_dict
+        from moltune.validation.monitors import MonitorConfig
+
+        from_dict(MonitorConfig, dict(cfg.monitors), "monitors")
+
+
+def data_folders(cfg: TrainConfig) -> tuple[list[str], str | None]:
+    """(training folders, held-out folder) resolved against the data root."""
+    from moltune.common.training import resolve_data
+
+    dirs = [cfg.data.train_dir] if isinstance(cfg.data.train_dir, (str, Path)) else list(
+        cfg.data.train_dir)
+    train = [resolve_data(d, cfg.data.root) for d in dirs]
+    test = resolve_data(cfg.data.test_dir, cfg.data.root) if cfg.data.test_dir else None
+    return train, test
+
+
+def check_data(train_data, test_data, pairs: list | None) -> list[tuple[int, int]]:
+    """The temperature pairs to train, refusing data that cannot train them: fewer than two
+    temperatures, pairs off the ladder, held-out data of another peptide or ladder."""
+    from moltune.flow.lightning import neighbour_pairs
+
+    temps = [float(t) for t in train_data.temperatures_K]
+    if len(temps) < 2:
+        raise InvalidInputError(f"the training data has one temperature ({temps} K); a "
+                                "transport flow needs at least two")  # fmt: skip
+    out = [tuple(int(v) for v in p) for p in pairs] if pairs else neighbour_pairs(len(temps))
+    for p in out:
+        if len(p) != 2 or not all(0 <= v < len(temps) for v in p) or p[0] == p[1]:
+            raise InvalidInputError(f"pair {list(p)} is not two different indices into the "
+                                    f"ladder {temps} K")  # fmt: skip
+    if min(len(f) for f in train_data.xyz_nm) < 2:
+        raise InvalidInputError("the training data holds fewer than two frames per temperature")
+    if test_data is not None:
+        atoms = lambda d: [(a.residue.name, a.name) for a in d.topology.atoms()]
+        if atoms(test_data) != atoms(train_data):
+            raise InvalidInputError("the held-out data is of another peptide than the training "
+                                    "data (atoms differ)")  # fmt: skip
+        if [float(t) for t in test_data.temperatures_K] != temps:
+            raise InvalidInputError(f"the held-out data has the ladder "
+                                    f"{list(test_data.temperatures_K)} K, not {temps} K")  # fmt: skip
+    return out
 
 
 def load_pt_runs(directory: str | list | None, what: str):
@@ -107,7 +170,8 @@ def load_pt_runs(directory: str | list | None, what: str):
     dirs = [directory] if isinstance(directory, (str, Path)) else list(directory)
     for d in dirs:
         if not Path(d).exists():
-            raise InputFileError(f"{what} folder not found: {d} (run `moltune pt simulate`)")
+            raise InputFileError(f"{what} folder not found: {d} (make it with `moltune pt "
+                                 f"simulate ... --out {d}`)")  # fmt: skip
     data = [load_pt_data(d) for d in dirs]
     return data[0] if len(data) == 1 else combine_pt_data(data)
 
@@ -148,38 +212,45 @@ def _callbacks(cfg: TrainConfig, run) -> list:
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
-    """Run training into ``out`` (a run folder); returns its path."""
+    """Run training into ``out`` (a run folder); returns its path.
+
+    Everything is checked (settings, run folder, data) before the folder is created.
+    """
     import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
 
     from moltune.common.io import write_json
-    from moltune.common.run import RunDir, package_versions
-    from moltune.flow.checkpoint import AtomicCheckpointIO, flow_metadata
+    from moltune.common.run import package_versions
+    from moltune.common.training import (
+        check_run_folder,
+        finish_logging,
+        is_rank_zero,
+        make_trainer,
+        open_run,
+        read_metrics,
+    )  # fmt: skip
+    from moltune.flow.checkpoint import flow_metadata
     from moltune.flow.lightning import TransportDataModule, TransportModule
     from moltune.flow.models import count_parameters
 
+    check_config(cfg)
+    last = check_run_folder(out, resume)
+    train_dirs, test_dir = data_folders(cfg)
+    train_data = _subsample(load_pt_runs(train_dirs, "training data"), cfg.data.max_frames)
+    test_data = load_pt_runs(test_dir, "held-out data") if test_dir else None
+    pairs = check_data(train_data, test_data, cfg.data.pairs)
     torch.set_num_threads(max(1, int(cfg.threads)))
     torch.set_flush_denormal(True)  # denormal floats make CPU kernels (layer norm, GELU) crawl
-    run = RunDir(Path(out))
-    last = run.checkpoints / "last.ckpt"
-    if resume and not last.exists():
-        raise InputFileError(f"cannot resume: {last} does not exist")
-    if not resume and last.exists():
-        raise InvalidInputError(f"{run.path} already holds a run; pass --resume or a new --out")
-    run.write_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    train_data = _subsample(load_pt_runs(cfg.data.train_dir, "training data"), cfg.data.max_frames)
-    test_data = load_pt_runs(cfg.data.test_dir, "held-out data") if cfg.data.test_dir else None
-    pairs = [tuple(p) for p in cfg.data.pairs] if cfg.data.pairs else None
     dm = TransportDataModule(
         train_data, test_data, pairs, cfg.batch_size, cfg.data.val_pairs, cfg.data.val_fraction,
         cfg.seed,
     )  # fmt: skip
+    if sum(len(p.x) for p in dm.train_sets) < cfg.batch_size:
+        raise InvalidInputError(f"{sum(len(p.x) for p in dm.train_sets)} training pairs are "
+                                f"fewer than one batch of {cfg.batch_size}")  # fmt: skip
     if cfg.data.reload_every_epoch:
-        dm.reload = lambda: _subsample(
-            load_pt_runs(cfg.data.train_dir, "training data"), cfg.data.max_frames
-        )
+        dm.reload = lambda: _subsample(load_pt_runs(train_dirs, "training data"),
+                                       cfg.data.max_frames)  # fmt: skip
     flow = build_flow(cfg.flow, train_data.topology)
     if hasattr(flow, "representation"):
         frames = np.concatenate(
@@ -199,28 +270,27 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
         fast_lr_factor=cfg.fast_lr_factor,
         hparams={"moltune": meta},
     )  # fmt: skip
-    previous = _read_metrics(run.metrics) if resume else None  # CSVLogger truncates the file
-    logger = CSVLogger(save_dir=str(run.path), name="", version="")
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=1, logger=logger, callbacks=_callbacks(cfg, run),
+    run = open_run(out, cfg)
+    previous = read_metrics(run.metrics) if resume and is_rank_zero() else None
+    trainer = make_trainer(
+        cfg.trainer, run, _callbacks(cfg, run),
         max_epochs=cfg.epochs if cfg.epochs is not None else (-1 if cfg.steps else 10**6),
         max_steps=cfg.steps if cfg.steps is not None else -1,
         max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
         val_check_interval=cfg.val_every_steps if cfg.validate else None,
         check_val_every_n_epoch=None if cfg.validate else 1,
-        limit_val_batches=1.0 if cfg.validate else 0,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()], deterministic=False, enable_progress_bar=True,
+        limit_val_batches=1.0 if cfg.validate else 0, deterministic=False,
         reload_dataloaders_every_n_epochs=1 if cfg.data.reload_every_epoch else 0,
+        use_distributed_sampler=False,  # TransportDataModule shards the training items itself
     )  # fmt: skip
     log.info(
         "training %s/%s (%d parameters) on %s pairs %s; %d steps per epoch",
         cfg.flow.name, cfg.flow.representation, meta["n_parameters"],
-        cfg.data.train_dir, dm.pairs, steps_per_epoch,
+        train_dirs, dm.pairs, steps_per_epoch,
     )  # fmt: skip
     t0 = time.time()
     start: dict[str, Any] = {}
-    if not resume:
+    if last is None:
         module.step0 = identity_check(module, dm)
         if cfg.validate:  # step-0 figures of the map at initialisation (the identity)
             trainer.validate(module, datamodule=dm, verbose=False)
@@ -230,21 +300,20 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False) -> Path:
             if cfg.validate:
                 trainer.validate(module, datamodule=dm, verbose=False)
                 start["moment_start_val_acceptance"] = _metric(trainer, "val/acceptance_flow")
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last else None)
     elapsed = time.time() - t0
     if cfg.validate and trainer.global_step % cfg.val_every_steps != 0:
         trainer.validate(module, datamodule=dm, verbose=False)
-    logger.save()
-    if previous is not None:
-        _merge_metrics(run.metrics, previous)
+    finish_logging(trainer, run, previous)
+    if not trainer.is_global_zero:
+        return run.path
     summary = {
         "steps": trainer.global_step, "epochs": trainer.current_epoch,
         "minutes": elapsed / 60, "skipped_steps": int(module.skipped_steps),
         "step0": module.step0, "start": start, "n_parameters": meta["n_parameters"],
-        "versions": package_versions(),
+        "world_size": trainer.world_size, "versions": package_versions(),
     }  # fmt: skip
     write_json(run.path / "train_summary.json", summary)
-    (run.path / "hparams.yaml").unlink(missing_ok=True)
     plot_run(run.path)
     log.info(
         "run folder: %s (%s)", run.path, json.dumps({k: summary[k] for k in ("steps", "minutes")})
@@ -295,25 +364,6 @@ def moment_start(flow, dm) -> bool:
     z_t = rep.encode(p.y.double())[0]
     layers[0].fit_moments(z_s, z_t, math.log(p.t_target_K / p.t_source_K), rep)
     return True
-
-
-def _read_metrics(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path) if path.exists() else None
-
-
-def _merge_metrics(path: Path, previous) -> None:
-    """Put the rows of the interrupted run back in front of the resumed run's rows."""
-    import pandas as pd
-
-    from moltune.common.io import atomic_path
-
-    new = pd.read_csv(path) if path.exists() else previous.iloc[:0]
-    first = new["step"].min() if len(new) else np.inf
-    merged = pd.concat([previous[previous["step"] < first], new], ignore_index=True)
-    with atomic_path(path) as tmp:
-        merged.to_csv(tmp, index=False)
 
 
 def plot_run(run_path: str | Path) -> list[Path]:

@@ -37,6 +37,7 @@ import torch
 
 from moltune.common.errors import InvalidInputError
 from moltune.common.io import sha256_file
+from moltune.common.training import TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class StandinConfig:
     eval_timesteps: int = 100
     eval_complexes: int = 0  # how many training complexes to evaluate at the end (0: all)
     threads: int = 0  # torch threads (0: leave as is)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def standin_hparams(overrides: dict[str, Any] | None = None,
@@ -211,117 +213,184 @@ def _save(model, path: Path, step: int, cfg: StandinConfig, extra: dict[str, Any
     return save_checkpoint(path, model.diffsbdd_state_dict(), hp, global_step=step)
 
 
+class StandinBatches(torch.utils.data.Dataset):
+    """Batch k: ``batch_size`` complexes (repeated when fewer) and their diffusion steps, drawn
+    from (seed, k) alone, so a resumed run and any number of DDP ranks draw the same global
+    batches (rank r of W takes its items r, r + W, ...)."""
+
+    def __init__(self, items: list[dict[str, Any]], cfg: StandinConfig, T: int, length: int):
+        self.items, self.cfg, self.T, self.length = items, cfg, T, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, k: int):
+        from moltune.common.training import world
+        from moltune.sbdd.evaluation import complex_batch
+
+        rng = np.random.default_rng([self.cfg.seed, k])
+        n = self.cfg.batch_size
+        idx = rng.choice(len(self.items), size=n, replace=len(self.items) < n)
+        u = torch.as_tensor(rng.random(n))
+        t_int = torch.round(self.T * u ** self.cfg.t_power).long().clamp(0, self.T)
+        rank, size = world()
+        mine = list(range(rank, n, size))
+        return complex_batch([self.items[i] for i in idx[mine]]), t_int[mine]
+
+
+class _Batches(torch.utils.data.Sampler):
+    """Global batch numbers from the batches done so far to the last step (one epoch)."""
+
+    def __init__(self, start, steps: int):
+        self.start, self.steps = start, steps
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start())
+
+    def __iter__(self):
+        return iter(range(self.start(), self.steps))
+
+
+import lightning.pytorch as pl
+
+
+class StandinModule(pl.LightningModule):
+    """The stand-in's training step in Lightning: AdamW (amsgrad), warm-up + cosine (or
+    constant) schedule, clipping, non-finite steps skipped, an optional EMA of the weights (a
+    submodule, so it is checkpointed and resumed), the x0 error and best-by-x0 checkpoint."""
+
+    def __init__(self, model, cfg: StandinConfig, items: list[dict[str, Any]], run):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model, self.cfg, self.items, self.run = model, cfg, items, run
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = copy.deepcopy(model).eval()
+            for p in self.ema.parameters():
+                p.requires_grad_(False)
+        self.best: dict[str, Any] = {"score": math.inf}
+        self.x0_rows: list[str] = []
+
+    def saved_model(self):
+        """The weights a checkpoint of the stand-in holds (the EMA if any)."""
+        return self.ema if self.ema is not None else self.model
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+                                weight_decay=self.cfg.weight_decay, amsgrad=True)  # fmt: skip
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, self.cfg) / self.cfg.lr)
+        return [opt], [{"scheduler": sched, "interval": "step"}]
+
+    def training_step(self, batch, batch_idx):
+        data, t_int = batch
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        lr = float(sched.get_last_lr()[0])
+        out = self.model(data, t_int=t_int)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(out.loss)
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if bool(torch.isfinite(out.loss.detach())) and bool(torch.isfinite(gn)):
+            opt.step()
+            if self.ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(self.ema.parameters()),
+                                         list(self.model.parameters()), 1.0 - self.cfg.ema_decay)
+        sched.step()
+        kw = {"on_step": True, "on_epoch": False, "sync_dist": True}
+        self.log("train/loss", out.loss.detach(), prog_bar=True, **kw)
+        self.log("train/grad_norm", gn.detach().float(), **kw)
+        self.log("lr", lr, **kw)
+        return out.loss.detach()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        from moltune.common.io import write_json, write_text
+
+        step, cfg = int(self.global_step), self.cfg
+        if not cfg.x0_every or not (step % cfg.x0_every == 0 or step == cfg.steps):
+            return
+        if not self.trainer.is_global_zero:
+            return
+        err = x0_error(self.saved_model(), self.items, cfg.x0_t, seed=cfg.seed)
+        self.x0_rows.append(f"{step}," + ",".join(f"{err[t]:.5g}" for t in cfg.x0_t))
+        header = "step," + ",".join(f"x0_error_A_t{t}" for t in cfg.x0_t)
+        write_text(self.run.path / "x0_error.csv", "\n".join([header, *self.x0_rows]) + "\n")
+        score = float(np.mean(list(err.values())))
+        if score < self.best["score"]:
+            self.best = {"score": score, "step": step, "x0_error_A": err}
+            _save(self.saved_model(), self.run.checkpoints / "best.ckpt", step, cfg,
+                  {"x0_error_A": err})  # fmt: skip
+            write_json(self.run.checkpoints / "best.json", self.best)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["standin"] = {"best": self.best, "x0_rows": self.x0_rows}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("standin") or {}
+        self.best = saved.get("best", self.best)
+        self.x0_rows = list(saved.get("x0_rows", []))
+
+
 def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train the stand-in; writes OUT/checkpoints/{last,standin}.ckpt, OUT/metrics.csv,
+    """Train the stand-in (a Lightning run of ``moltune.common.training``); writes
+    OUT/checkpoints/{last.ckpt (Lightning), standin.ckpt (DiffSBDD layout)}, OUT/metrics.csv,
     OUT/eval.json, OUT/report.md, OUT/plots/. Resumes from last.ckpt when present."""
-    from tqdm.auto import tqdm
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from moltune.common.io import write_json, write_text
-    from moltune.common.run import RunDir
+    from moltune.common.training import (
+        check_positive,
+        check_run_folder,
+        check_trainer_config,
+        fit,
+        make_trainer,
+        open_run,
+    )  # fmt: skip
     from moltune.sbdd.checkpoint import load_checkpoint
-    from moltune.sbdd.evaluation import complex_batch
     from moltune.sbdd.model import LigandDiffusionModel
 
     if cfg.lr_schedule not in ("cosine", "constant"):
         raise InvalidInputError(f"lr_schedule must be cosine or constant, got {cfg.lr_schedule!r}")
     if cfg.select not in ("last", "x0"):
         raise InvalidInputError(f"select must be last or x0, got {cfg.select!r}")
+    for name in ("steps", "batch_size", "save_every"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InvalidInputError(f"{name} must be an integer >= 1, got {v!r}")
+    check_positive(lr=cfg.lr, grad_clip=cfg.grad_clip, t_power=cfg.t_power)
+    if not (0 <= cfg.ema_decay < 1):
+        raise InvalidInputError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    if not Path(cfg.data).exists():
+        raise InvalidInputError(f"stand-in data {cfg.data} does not exist")
+    check_trainer_config(cfg.trainer)
+    last = run_last = Path(cfg.out) / "checkpoints" / "last.ckpt"
+    last = check_run_folder(cfg.out, resume=resume and run_last.exists())
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    run = RunDir(Path(cfg.out))
-    run.write_config(cfg)
+    run = open_run(cfg.out, cfg)
     pdir = processed_dir(cfg.data, run.path, cfg.embedding)
     items = load_items(pdir, list(cfg.splits), list(cfg.complexes))
     if cfg.ligand_at_pocket_com:
         items = [centre_ligand_on_pocket(d) for d in items]
-    model = build_model(cfg, items)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            amsgrad=True)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = copy.deepcopy(model).eval()
-        for p in ema.parameters():
-            p.requires_grad_(False)
-    start = 0
-    last = run.checkpoints / "last.ckpt"
-    metrics_lines = ["step,lr,train/loss,train/grad_norm,seconds"]
-    if resume and last.is_file():
-        ck = load_checkpoint(last)
-        model.load_diffsbdd_state_dict(ck.state_dict, where=str(last))
-        start = int(ck.meta.get("global_step", 0))
-        opt_path = run.checkpoints / "last.opt.pt"
-        if opt_path.is_file():
-            opt.load_state_dict(torch.load(opt_path, weights_only=True))
-        ema_path = run.checkpoints / "ema.ckpt"
-        if ema is not None:
-            src = load_checkpoint(ema_path) if ema_path.is_file() else ck
-            ema.load_diffsbdd_state_dict(src.state_dict, where=str(ema_path))
-        if run.metrics.is_file():
-            metrics_lines = [ln for ln in run.metrics.read_text().splitlines()
-                             if ln and (ln.startswith("step") or int(ln.split(",")[0]) <= start)]
-        log.info("resuming stand-in training at step %d", start)
-    x0_path = run.path / "x0_error.csv"
-    x0_lines = ["step," + ",".join(f"x0_error_A_t{t}" for t in cfg.x0_t)]
-    if x0_path.is_file():
-        x0_lines += [ln for ln in x0_path.read_text().splitlines()[1:]
-                     if ln and int(ln.split(",")[0]) <= start]
-    best: dict[str, Any] = {"score": math.inf}
-    if (run.checkpoints / "best.json").is_file() and start > 0:
-        import json
-
-        best = json.loads((run.checkpoints / "best.json").read_text())
-    rng = np.random.default_rng(cfg.seed + start)
-    gen = torch.Generator().manual_seed(cfg.seed * 7919 + start)
-    T = model.ddpm.T
-    model.train()
+    model = build_model(cfg, items).train()
+    module = StandinModule(model, cfg, items, run)
+    ds = StandinBatches(items, cfg, model.ddpm.T, cfg.steps)
+    start = lambda: int(module.trainer.global_step) if module._trainer else 0
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=_Batches(start, cfg.steps))
+    ckpt = ModelCheckpoint(dirpath=run.checkpoints, save_last=True, save_top_k=0,
+                           every_n_train_steps=cfg.save_every, enable_version_counter=False)
+    trainer = make_trainer(cfg.trainer, run, [ckpt], progress=progress,
+                           flush_every=cfg.save_every, max_steps=cfg.steps, max_epochs=-1,
+                           limit_val_batches=0, use_distributed_sampler=False)  # fmt: skip
+    if last is not None:
+        log.info("resuming stand-in training from %s", last)
     t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), desc="stand-in", unit="step", disable=not progress,
-               initial=start, total=cfg.steps)
-    loss_ema = None
-    from moltune.common.io import torch_save
+    import warnings
 
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
-        # fewer complexes than batch_size: repeat them (different noise levels per copy)
-        idx = rng.choice(len(items), size=cfg.batch_size, replace=len(items) < cfg.batch_size)
-        batch = complex_batch([items[i] for i in idx])
-        u = torch.rand(len(idx), generator=gen)
-        t_int = torch.round(T * u ** cfg.t_power).long().clamp(0, T)
-        out = model(batch, t_int=t_int)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-        if math.isfinite(out.loss.item()) and math.isfinite(gn):
-            opt.step()
-            if ema is not None:
-                with torch.no_grad():
-                    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
-                                         1.0 - cfg.ema_decay)
-        loss = float(out.loss.item())
-        loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
-        metrics_lines.append(f"{step + 1},{lr_at(step, cfg):.6g},{loss:.6g},{gn:.6g},"
-                             f"{time.perf_counter() - t0:.1f}")
-        bar.set_postfix(loss=f"{loss_ema:.4f}")
-        if cfg.x0_every and ((step + 1) % cfg.x0_every == 0 or step + 1 == cfg.steps):
-            err = x0_error(ema if ema is not None else model, items, cfg.x0_t, seed=cfg.seed)
-            x0_lines.append(f"{step + 1}," + ",".join(f"{err[t]:.5g}" for t in cfg.x0_t))
-            write_text(x0_path, "\n".join(x0_lines) + "\n")
-            score = float(np.mean(list(err.values())))
-            if score < best["score"]:
-                best = {"score": score, "step": step + 1, "x0_error_A": err}
-                _save(ema if ema is not None else model, run.checkpoints / "best.ckpt", step + 1,
-                      cfg, {"x0_error_A": err})
-                write_json(run.checkpoints / "best.json", best)
-            bar.set_postfix(loss=f"{loss_ema:.4f}", x0=f"{score:.3f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            _save(model, last, step + 1, cfg, {})
-            torch_save(run.checkpoints / "last.opt.pt", opt.state_dict())
-            if ema is not None:
-                _save(ema, run.checkpoints / "ema.ckpt", step + 1, cfg, {})
-            write_text(run.metrics, "\n".join(metrics_lines) + "\n")
-    bar.close()
-    write_text(run.metrics, "\n".join(metrics_lines) + "\n")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*(does not have many workers|not resumable)")
+        fit(trainer, module, run, last, train_dataloaders=loader, weights_only=False)
+    if not trainer.is_global_zero:
+        return {"rank": trainer.global_rank}
     names = {"complexes": [d["name"] for d in items]}
     if cfg.select == "x0" and (run.checkpoints / "best.ckpt").is_file():
         ck = load_checkpoint(run.checkpoints / "best.ckpt")
@@ -330,7 +399,7 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
         sel_step = int(ck.meta.get("global_step", cfg.steps))
         x0_sel = ck.hyper_parameters.get("standin", {}).get("x0_error_A")
     else:
-        chosen, sel_step = (ema if ema is not None else model), cfg.steps
+        chosen, sel_step = module.saved_model().cpu(), cfg.steps
         x0_sel = x0_error(chosen, items, cfg.x0_t, seed=cfg.seed) if cfg.x0_every else None
     final = _save(chosen, run.checkpoints / "standin.ckpt", sel_step, cfg,
                   {**names, "x0_error_A": x0_sel})

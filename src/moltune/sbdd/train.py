@@ -19,17 +19,20 @@ full fine-tuning, ``model-*.ckpt`` in the DiffSBDD layout), ``plots/``, ``report
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
 from moltune.common.errors import InvalidInputError
+from moltune.common.training import TrainerConfig, lr_factor
 from moltune.validation import metrics as mn
 from moltune.validation.monitors import MonitorConfig
+
+__all__ = ["FinetuneConfig", "FinetuneModule", "lr_factor", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +131,7 @@ class FinetuneConfig:
     checkpointing: CheckpointConfig = field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     monitors: MonitorConfig = field(default_factory=MonitorConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def validate(self) -> None:
         if not self.checkpoint:
@@ -143,17 +147,25 @@ class FinetuneConfig:
         if self.checkpointing.mode not in ("min", "max") or self.early_stopping.mode not in (
                 "min", "max"):
             raise InvalidInputError("checkpointing.mode / early_stopping.mode must be min or max")
+        from moltune.common.training import check_positive, check_trainer_config
 
-
-def lr_factor(step: int, warmup: int, total: int, schedule: str, min_fraction: float) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to
-    ``min_fraction`` at ``total`` (or constant)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_fraction + (1 - min_fraction) * 0.5 * (1 + math.cos(math.pi * p))
+        o = self.optim
+        check_positive(**{"optim.lr": o.lr})
+        if not (0 <= o.min_lr_fraction <= 1) or o.weight_decay < 0 or o.grad_clip < 0:
+            raise InvalidInputError("optim.min_lr_fraction must be in [0, 1], optim.weight_decay "
+                                    "and optim.grad_clip >= 0")  # fmt: skip
+        if not isinstance(o.warmup_steps, int) or o.warmup_steps < 0:
+            raise InvalidInputError(f"optim.warmup_steps must be an integer >= 0, "
+                                    f"got {o.warmup_steps!r}")  # fmt: skip
+        if self.data.processed and not (Path(self.data.processed) / "train.npz").is_file():
+            raise InvalidInputError(f"{self.data.processed} is not a processed folder (no "
+                                    "train.npz); run `moltune sbdd process` or set "
+                                    "data.complexes")  # fmt: skip
+        if not self.data.processed and not Path(self.data.complexes).is_dir():
+            raise InvalidInputError(f"data.complexes {self.data.complexes} is not a folder")
+        if not Path(self.checkpoint).is_file():
+            raise InvalidInputError(f"pretrained checkpoint {self.checkpoint} not found")
+        check_trainer_config(self.trainer)
 
 
 # --------------------------------------------------------------------------- data
@@ -209,23 +221,45 @@ class ComplexDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict:
-        return self.items[i]
+    def __getitem__(self, i) -> dict:
+        return self.items[i[1] if isinstance(i, tuple) else i]  # (epoch, index) from the sampler
 
 
-def make_loaders(train: list[dict], val: list[dict], batch_size: int, seed: int, centre: bool):
-    from functools import partial
+class FinetuneData(pl.LightningDataModule):
+    """Training batches (``batch_size`` is the global batch: each DDP rank draws its share of an
+    epoch-seeded permutation, :class:`moltune.common.training.EpochShardSampler`) and the whole
+    validation set (on every rank: identical figures)."""
 
-    from moltune.sbdd.evaluation import complex_batch
+    def __init__(self, train: list[dict], val: list[dict], batch_size: int, seed: int,
+                 centre: bool):  # fmt: skip
+        super().__init__()
+        self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+        self.centre = centre
 
-    collate = partial(complex_batch, centre=centre)
-    g = torch.Generator().manual_seed(seed)
-    train_dl = torch.utils.data.DataLoader(ComplexDataset(train), batch_size=min(batch_size,
-                                           len(train)), shuffle=True, drop_last=True,
-                                           collate_fn=collate, generator=g)
-    val_dl = torch.utils.data.DataLoader(ComplexDataset(val), batch_size=max(1, len(val)),
-                                         shuffle=False, collate_fn=collate)
-    return train_dl, val_dl
+    def _collate(self):
+        from functools import partial
+
+        from moltune.sbdd.evaluation import complex_batch
+
+        return partial(complex_batch, centre=self.centre)
+
+    def train_dataloader(self):
+        from moltune.common.training import EpochShardSampler, world
+
+        size = world()[1]
+        batch = min(self.batch_size, len(self.train))
+        if batch % size or batch < size:
+            raise InvalidInputError(f"batch size {batch} cannot be split over {size} processes "
+                                    "(the batch is global)")  # fmt: skip
+        per_rank = batch // size
+        sampler = EpochShardSampler(len(self.train), self.seed, per_rank_batch=per_rank)
+        return torch.utils.data.DataLoader(ComplexDataset(self.train), batch_size=per_rank,
+                                           sampler=sampler, drop_last=True,
+                                           collate_fn=self._collate())  # fmt: skip
+
+    def val_dataloader(self):
+        return torch.utils.data.DataLoader(ComplexDataset(self.val), batch_size=max(1, len(self.val)),
+                                           shuffle=False, collate_fn=self._collate())  # fmt: skip
 
 
 # --------------------------------------------------------------------------- model
@@ -244,9 +278,6 @@ def build_model(cfg: FinetuneConfig):
                                   init=cfg.film.init))
     model.freeze_base(cfg.mode == "adapter")
     return model.train()  # from_checkpoint returns eval mode; the l2 loss needs train mode
-
-
-import lightning.pytorch as pl
 
 
 class FinetuneModule(pl.LightningModule):
@@ -276,7 +307,7 @@ class FinetuneModule(pl.LightningModule):
         out = self.model(batch, embeddings=batch["embeddings"])
         b = len(batch["num_lig_atoms"])
         self.log(mn.TRAIN_LOSS, out.loss, on_step=True, on_epoch=False, prog_bar=True,
-                 batch_size=b)
+                 batch_size=b, sync_dist=True)
         return out.loss
 
     def validation_step(self, batch, batch_idx):
@@ -286,7 +317,7 @@ class FinetuneModule(pl.LightningModule):
         from moltune.sbdd.diffusion import gaussian_noise
 
         b = len(batch["num_lig_atoms"])
-        t_int = torch.randint(0, self.model.ddpm.T + 1, (b,), generator=gen)
+        t_int = torch.randint(0, self.model.ddpm.T + 1, (b,), generator=gen).to(self.device)
         losses = []
         for rep in range(4):
             t_rep = (t_int + rep * (self.model.ddpm.T // 4)) % (self.model.ddpm.T + 1)
@@ -296,8 +327,10 @@ class FinetuneModule(pl.LightningModule):
                                        training=True)
             losses.append(out.loss)
         loss = torch.stack(losses).mean()
-        self.log(mn.VAL_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log(mn.VAL_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b,
+                 sync_dist=True)
         # validation set size, for `moltune runs diagnose` (small-validation finding)
+        # every rank validates the whole set: its own count is the total
         self.log(mn.VAL_N_SAMPLES, float(b), on_step=False, on_epoch=True, reduce_fx="sum",
                  batch_size=1)
         return loss
@@ -325,7 +358,7 @@ class FinetuneModule(pl.LightningModule):
         total = [p.grad.detach().float().norm(2) for p in self.parameters() if p.grad is not None]
         if total:
             self.log(mn.TRAIN_GRAD_NORM, float(torch.linalg.vector_norm(torch.stack(total))),
-                     on_step=True, on_epoch=False)
+                     on_step=True, on_epoch=False, sync_dist=True)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         every = max(1, self.cfg.diagnostics.every_n_steps)
@@ -344,7 +377,7 @@ class FinetuneModule(pl.LightningModule):
         if self._adapter_grad_norm is not None:
             stats["adapter/grad_norm"] = self._adapter_grad_norm
         for k, v in stats.items():
-            self.log(k, float(v), on_step=True, on_epoch=False)
+            self.log(k, float(v), on_step=True, on_epoch=False, sync_dist=True)
         return stats
 
 
@@ -388,27 +421,6 @@ def export_best(run_dir: Path, best_path: str | None, cfg: FinetuneConfig) -> di
 
 
 # --------------------------------------------------------------------------- run
-def _read_metrics(path: Path):
-    import pandas as pd
-
-    return pd.read_csv(path) if path.is_file() else None
-
-
-def _merge_metrics(path: Path, previous) -> None:
-    """Lightning's CSVLogger starts metrics.csv afresh on resume: put the earlier rows back
-    (those before the first resumed step), atomically."""
-    import pandas as pd
-
-    from moltune.common.io import atomic_path
-
-    new = pd.read_csv(path) if path.is_file() else previous.iloc[:0]
-    first = new["step"].min() if len(new) else np.inf
-    merged = pd.concat([previous[previous["step"] < first], new], ignore_index=True)
-    cols = ["epoch", "step"] + sorted(c for c in merged.columns if c not in ("epoch", "step"))
-    with atomic_path(path) as tmp:
-        merged[[c for c in cols if c in merged.columns]].to_csv(tmp, index=False)
-
-
 def _flat_metrics(run_dir: Path) -> dict[str, Any]:
     import pandas as pd
 
@@ -497,32 +509,25 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Run fine-tuning; returns a summary dict (``stopped``: the stopped.json content or None)."""
     import lightning.pytorch as L
     from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
-    from lightning.pytorch.loggers import CSVLogger
 
     from moltune.common.io import write_json
-    from moltune.common.run import RunDir, package_versions
+    from moltune.common.run import package_versions
+    from moltune.common.training import check_run_folder, fit, make_trainer, open_run
     from moltune.sbdd.evaluation import GenerationEvalCallback
     from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors, read_stopped
 
     cfg.validate()
+    last_ckpt = check_run_folder(cfg.out, resume)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    run = RunDir(Path(cfg.out))
-    last_ckpt = run.checkpoints / "last.ckpt"
-    if resume and not last_ckpt.is_file():
-        raise InvalidInputError(f"--resume: no {last_ckpt} to resume from")
-    if not resume and last_ckpt.is_file():
-        raise InvalidInputError(f"{run.path} already holds a run (checkpoints/last.ckpt); use "
-                                "--resume to continue it or choose another `out`")
-    run.write_config(cfg)
+    run = open_run(cfg.out, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     pdir = resolve_processed(cfg, run.path)
     train_items, val_items = load_splits(cfg, pdir)
     model = build_model(cfg)
     module = FinetuneModule(model, cfg)
     module.set_diagnostic_embeddings(np.stack([d["embedding"] for d in train_items]))
-    train_dl, val_dl = make_loaders(train_items, val_items, cfg.batch_size, cfg.seed,
-                                    cfg.data.centre)
+    data = FinetuneData(train_items, val_items, cfg.batch_size, cfg.seed, cfg.data.centre)
 
     e = cfg.eval
     eval_items = val_items
@@ -548,19 +553,16 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.metric, mode=es.mode, patience=es.patience,
                                        min_delta=es.min_delta, check_on_train_epoch_end=False))
-    logger = CSVLogger(save_dir=str(run.path.parent), name=run.path.name, version="")
-    trainer = L.Trainer(
-        default_root_dir=str(run.path), max_steps=cfg.max_steps, max_epochs=-1,
-        accelerator="cpu", devices=1, logger=logger, callbacks=callbacks,
+    trainer = make_trainer(
+        cfg.trainer, run, callbacks, progress=cfg.progress, default_root_dir=str(run.path),
+        max_steps=cfg.max_steps, max_epochs=-1,
         gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm",
         val_check_interval=cfg.val_every_n_steps, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, log_every_n_steps=1, enable_progress_bar=cfg.progress,
-        enable_model_summary=False, deterministic=False,
-    )
-    previous = _read_metrics(run.metrics) if resume else None
-    trainer.fit(module, train_dl, val_dl, ckpt_path=str(last_ckpt) if resume else None)
-    if previous is not None:
-        _merge_metrics(run.metrics, previous)
+        deterministic=False, use_distributed_sampler=False,
+    )  # fmt: skip
+    fit(trainer, module, run, last_ckpt, datamodule=data)
+    if not trainer.is_global_zero:
+        return {"run_dir": str(run.path), "global_step": int(trainer.global_step), "rank": 1}
 
     # CSVLogger writes RUN/metrics.csv (save_dir/name/version '' = RUN)
     stopped = read_stopped(run.path)
@@ -575,7 +577,8 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         "best_checkpoint": ckpt_cb.best_model_path or None,
         "best_score": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None
         else None,
-        "last_checkpoint": str(last_ckpt) if last_ckpt.is_file() else None,
+        "last_checkpoint": str(run.checkpoints / "last.ckpt")
+        if (run.checkpoints / "last.ckpt").is_file() else None,
         "exported": exported, "stopped": stopped,
         "generation_evals": evaluator.history, "versions": package_versions(),
     }
