@@ -105,10 +105,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return last
 
 
-def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """(flow in eval mode, info) from a run folder or checkpoint, loaded weights-only."""
-    from openmm import app
-
+def read_flow_checkpoint(path: str | Path, map_location: str = "cpu"):
+    """(checkpoint path, moltune metadata, FlowConfig, flow weights) of a run folder or
+    checkpoint, loaded weights-only: the one reader of transport-flow checkpoints."""
     from moltune.common.config import from_dict
 
     ckpt = resolve_checkpoint(path)
@@ -119,15 +118,24 @@ def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Mod
     meta = (state.get("hyper_parameters") or {}).get("moltune")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{ckpt} is not a moltune transport-flow checkpoint")
-    topology = app.PDBFile(io.StringIO(meta["topology_pdb"])).topology
     try:
         cfg = from_dict(FlowConfig, meta["flow_config"], "flow")
     except KeyError as exc:  # written by another moltune version
         raise CheckpointError(f"{ckpt}: flow settings this version does not know ({exc})") from exc
-    flow = build_flow(cfg, topology)
     weights = {
         k[len("flow.") :]: v for k, v in state["state_dict"].items() if k.startswith("flow.")
     }
+    meta = dict(meta, path=str(ckpt), step=state.get("global_step"), epoch=state.get("epoch"))
+    return ckpt, meta, cfg, weights
+
+
+def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(flow in eval mode, info) from a run folder or checkpoint, loaded weights-only."""
+    from openmm import app
+
+    ckpt, info, cfg, weights = read_flow_checkpoint(path, map_location)
+    topology = app.PDBFile(io.StringIO(info["topology_pdb"])).topology
+    flow = build_flow(cfg, topology)
     missing, unexpected = flow.load_state_dict(weights, strict=False)
     missing = [k for k in missing if not k.startswith("representation._level")]
     if missing or unexpected:
@@ -135,7 +143,5 @@ def load_flow(path: str | Path, map_location: str = "cpu") -> tuple[torch.nn.Mod
             f"{ckpt}: layout mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     flow.eval()
-    info = dict(meta)
-    info.update(path=str(ckpt), step=state.get("global_step"), epoch=state.get("epoch"))
     info["topology"] = topology
     return flow, info

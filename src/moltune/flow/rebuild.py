@@ -34,19 +34,12 @@ def run_flow_factory(spec: str):
         from moltune.flow.models import IdentityFlow
 
         return lambda topology, xyz: IdentityFlow()
-    from moltune.common.config import from_dict
-    from moltune.flow.checkpoint import resolve_checkpoint
-    from moltune.flow.train import FlowConfig, build_flow
+    from moltune.flow.checkpoint import build_flow, read_flow_checkpoint
 
-    ckpt = resolve_checkpoint(spec)
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    meta = state["hyper_parameters"]["moltune"]
-    weights = {
-        k[len("flow.") :]: v for k, v in state["state_dict"].items() if k.startswith("flow.")
-    }
+    ckpt, meta, cfg, weights = read_flow_checkpoint(spec)
 
     def factory(topology, xyz_by_temperature):
-        flow = build_flow(from_dict(FlowConfig, meta["flow_config"], "flow"), topology)
+        flow = build_flow(cfg, topology)
         own = flow.state_dict()
         keep = {k: v for k, v in weights.items()
                 if not k.startswith("representation.") and k in own}  # fmt: skip
