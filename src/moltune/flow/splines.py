@@ -52,8 +52,15 @@ def _derivatives(raw: torch.Tensor) -> torch.Tensor:
 
 
 def _spline(x, xk, yk, dk, inverse: bool):
-    """RQ spline through knots (xk, yk) with knot derivatives dk ([..., K + 1]); x inside."""
+    """RQ spline through knots (xk, yk) with knot derivatives dk ([..., K + 1]); x inside.
+
+    Returns ``(out - x, log|d out / d x|)``: the displacement is formed so that it is exactly
+    zero when the spline is the identity (equal knots, unit derivatives).
+    """
     K = xk.shape[-1] - 1
+    shape = torch.broadcast_shapes(x.shape, xk.shape[:-1])
+    x = x.expand(shape)
+    xk, yk, dk = (v.expand(*shape, K + 1) for v in (xk, yk, dk))
     ref = yk if inverse else xk
     idx = (ref[..., 1:-1] <= x[..., None]).sum(-1, keepdim=True)  # bin index in [0, K - 1]
     both = torch.cat([idx, (idx + 1).clamp_max(K)], dim=-1)
@@ -62,21 +69,25 @@ def _spline(x, xk, yk, dk, inverse: bool):
     d0, d1 = dk.gather(-1, both).unbind(-1)
     w, h = x1 - x0, y1 - y0
     s = h / w
+    D = d0 + d1 - 2 * s
     if inverse:
         dy = x - y0
-        a = h * (s - d0) + dy * (d0 + d1 - 2 * s)
-        b = h * d0 - dy * (d0 + d1 - 2 * s)
+        a = h * (s - d0) + dy * D
+        b = h * d0 - dy * D
         c = -s * dy
         t = 2 * c / (-b - torch.sqrt((b * b - 4 * a * c).clamp_min(0.0)))
-        out = x0 + t * w
+        # x0 + t w - y, written to vanish exactly at the identity
+        move = (x0 - y0) + w * (t - dy / h) + dy * (w / h - 1)
     else:
         t = (x - x0) / w
-    tt = t * (1 - t)
-    den = s + (d0 + d1 - 2 * s) * tt
+    u = t * (1 - t)
+    den = s + D * u
     if not inverse:
-        out = y0 + h * (s * t * t + d0 * tt) / den
-    ld = 2 * torch.log(s) + torch.log(d1 * t * t + 2 * s * tt + d0 * (1 - t) ** 2) - 2 * torch.log(den)
-    return out, (-ld if inverse else ld)
+        # y0 + h (s t^2 + d0 u) / den - x, using t^2 = t - u
+        move = (y0 - x0) + w * (s * t * (s - 1) + u * (s * (d0 - s) - t * D)) / den
+    slope = s + (d1 - s) * t * t + (d0 - s) * (1 - t) ** 2  # = d1 t^2 + 2 s u + d0 (1 - t)^2
+    ld = 2 * torch.log(s) + torch.log(slope) - 2 * torch.log(den)
+    return move, (-ld if inverse else ld)
 
 
 def rqs(x, w_raw, h_raw, d_raw, bound: float = SPLINE_BOUND, inverse: bool = False):
@@ -89,8 +100,8 @@ def rqs(x, w_raw, h_raw, d_raw, bound: float = SPLINE_BOUND, inverse: bool = Fal
     dk = F.pad(_derivatives(d_raw), (1, 1), value=1.0)
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)  # keeps the unused branch finite (and its gradient zero)
-    out, ld = _spline(xc, xk, yk, dk, inverse)
-    return torch.where(inside, out, x), torch.where(inside, ld, torch.zeros_like(ld))
+    move, ld = _spline(xc, xk, yk, dk, inverse)
+    return torch.where(inside, x + move, x), torch.where(inside, ld, torch.zeros_like(ld))
 
 
 def circular_rqs(phi, w_raw, h_raw, d_raw, shift, k=1, inverse: bool = False):
@@ -105,12 +116,16 @@ def circular_rqs(phi, w_raw, h_raw, d_raw, shift, k=1, inverse: bool = False):
     d = _derivatives(d_raw)
     dk = torch.cat([d, d[..., :1]], dim=-1)
     if not inverse:
-        theta = wrap(k * phi)
-        g, ld = _spline(theta, xk, yk, dk, inverse=False)
-        return wrap(phi + (g - theta + shift) / k), ld
-    theta_out = wrap(k * phi - shift)
-    theta, ld = _spline(theta_out, xk, yk, dk, inverse=True)
-    return wrap(phi - (theta_out - theta + shift) / k), ld
+        move, ld = _spline(wrap(k * phi), xk, yk, dk, inverse=False)
+        return _wrap_outside(phi + (move + shift) / k), ld
+    move, ld = _spline(wrap(k * phi - shift), xk, yk, dk, inverse=True)
+    return _wrap_outside(phi + (move - shift) / k), ld
+
+
+def _wrap_outside(angle: torch.Tensor) -> torch.Tensor:
+    """:func:`wrap` where needed only, so an angle already in [-pi, pi) stays bit for bit."""
+    inside = (angle >= -math.pi) & (angle < math.pi)
+    return torch.where(inside, angle, wrap(angle))
 
 
 def _split(p: torch.Tensor, bins: int):
@@ -133,7 +148,6 @@ def spline_slots(
     then :func:`rqs` of ``u``. ``CIRCULAR`` slots: :func:`circular_rqs`. Empty slots pass
     through. Returns ``(z', log|det| [B, T])`` (summed over the three slots).
     """
-    params = params.expand(*z.shape, params.shape[-1])
     w, h, d, (p_s, p_t, p_rot) = _split(params, bins)
     is_aff, is_circ = slot_kind == AFFINE, slot_kind == CIRCULAR
     ls = bounded_log_scale(p_s, scale_bound)
