@@ -170,9 +170,7 @@ class AutoregressiveBlock(nn.Module):
     def _slot_maps(self, zp, params, kind, sym, inverse: bool = False):
         """Slot maps of tokens [B, T, 3] (block order): affine / Moebius, or RQ splines."""
         if self.spline_bins:
-            return spline_slots(
-                zp, params, kind, sym, self.spline_bins, self.scale_bound, inverse
-            )
+            return spline_slots(zp, params, kind, sym, self.spline_bins, self.scale_bound, inverse)
         return apply_slots(zp, params, kind, sym, self.scale_bound, inverse)
 
     def _updates(self, zp: torch.Tensor, kind: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
