@@ -150,15 +150,17 @@ def spline_slots(
     """
     w, h, d, (p_s, p_t, p_rot) = _split(params, bins)
     is_aff, is_circ = slot_kind == AFFINE, slot_kind == CIRCULAR
-    ls = bounded_log_scale(p_s, scale_bound)
-    if inverse:
-        u, lda = rqs(z, w, h, d[..., 1:], inverse=True)
-        za, lda = (u - p_t) * torch.exp(-ls), lda - ls
-    else:
-        u = z * torch.exp(ls) + p_t
-        za, lda = rqs(u, w, h, d[..., 1:])
-        lda = lda + ls
-    zc, ldc = circular_rqs(z, w, h, d, p_rot, symmetry.to(z.dtype), inverse)
-    out = torch.where(is_aff, za, torch.where(is_circ, zc, z))
-    ld = torch.where(is_aff, lda, torch.where(is_circ, ldc, torch.zeros_like(lda)))
+    out, ld = z, torch.zeros_like(z)
+    if bool(is_aff.any()):  # (one token position often has no circular slot, or none bounded)
+        ls = bounded_log_scale(p_s, scale_bound)
+        if inverse:
+            u, lda = rqs(z, w, h, d[..., 1:], inverse=True)
+            za, lda = (u - p_t) * torch.exp(-ls), lda - ls
+        else:
+            za, lda = rqs(z * torch.exp(ls) + p_t, w, h, d[..., 1:])
+            lda = lda + ls
+        out, ld = torch.where(is_aff, za, out), torch.where(is_aff, lda, ld)
+    if bool(is_circ.any()):
+        zc, ldc = circular_rqs(z, w, h, d, p_rot, symmetry.to(z.dtype), inverse)
+        out, ld = torch.where(is_circ, zc, out), torch.where(is_circ, ldc, ld)
     return out, ld.sum(-1)
