@@ -14,7 +14,7 @@ Two elementwise maps, each returning ``(value, log|d value / d input|)`` like
   output by ``2 pi / k``.
 
 Raw parameters all zero give uniform bins and unit derivatives: the identity.
-:func:`spline_slots` applies them per token slot (``N_SPLINE_PARAMS(bins)`` numbers per slot:
+:func:`spline_slots` applies them per token slot (:func:`n_spline_params` numbers per slot:
 an affine pre-map for bounded slots, then the spline; a rotation for circular slots).
 """
 
