@@ -7,8 +7,8 @@ moltune.flow.splines.rqs and zuko's MonotonicRQSTransform (built per call, as a 
 output would be), at the sizes of one flow-PT swap (1-2 configurations x 69 slots) and of a
 training batch; (2) the time of the AA TarFlow inverse (4 blocks, d_model 32) with affine /
 Moebius and with spline slot maps at batch 1, 2 and 64 for every inverse method. Weights are
-small random ones (a near-identity map, as after transport training). The machine is shared,
-so the load average is printed alongside.
+small random ones (a near-identity map, as after transport training). Times are CPU time of
+this process (the machine is shared; the load average is printed alongside).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import torch
 
 
 def _time(fn, repeats: int) -> float:
+    """CPU seconds per call of this process (the shared machine's wall clock is not)."""
     fn()
-    t = time.perf_counter()
+    t = time.process_time()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - t) / repeats
+    return (time.process_time() - t) / repeats
 
 
 def _zuko(cls, x, w, h, d, inverse: bool):
@@ -41,7 +42,7 @@ def _bench_elementwise(bins: int, repeats: int) -> None:
         from zuko.transforms import MonotonicRQSTransform
     except ImportError:  # zuko is in the test extra
         MonotonicRQSTransform = None
-    print(f"\nelementwise spline ({bins} bins, float64): microseconds per call")
+    print(f"\nelementwise spline ({bins} bins, float64): CPU microseconds per call")
     print(
         f"{'values':>8} {'moltune fwd':>12} {'zuko fwd':>10} {'moltune inv':>12} {'zuko inv':>10}"
     )
@@ -68,7 +69,7 @@ def _bench_tarflow(bins: int, repeats: int) -> None:
     x0 = torch.as_tensor(pep.positions_nm, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     xs = x0 + 0.005 * torch.randn(64, *x0.shape, generator=g, dtype=torch.float64)
-    print("\nAA TarFlow inverse (4 blocks, d_model 32, 1 layer), milliseconds per call")
+    print("\nAA TarFlow inverse (4 blocks, d_model 32, 1 layer), CPU milliseconds per call")
     print(f"{'slot maps':>10} {'batch':>6} {'cached':>8} {'recompute':>10} {'fixed_point':>12}")
     for label, b in (("affine", 0), (f"spline {bins}", bins)):
         torch.manual_seed(0)
