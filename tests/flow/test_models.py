@@ -100,3 +100,14 @@ def test_spline_tarflow_puts_spline_layers_in_front(aa_peptide):
     kinds = [type(c) for c in flow.core.cores]
     assert kinds == [PerCoordinateFlow, PerCoordinateSpline, TarFlow]
     assert flow.core.cores[2].blocks[0].out.out_features == 3 * (3 * 4 + 3)
+
+
+def test_spline_preset_builds_the_spline_baseline(aa_peptide):
+    from moltune.common.config import load_config
+    from moltune.flow.models import PerCoordinateSpline
+    from moltune.flow.train import TrainConfig, build_flow
+
+    cfg = load_config(TrainConfig, "aa_300_450_spline")
+    flow = build_flow(cfg.flow, aa_peptide.topology)
+    spline = flow.core.cores[1]
+    assert isinstance(spline, PerCoordinateSpline) and spline.bins == cfg.flow.spline_bins == 8
