@@ -63,3 +63,51 @@ def test_tarflow_parameter_count_scales_with_width(aa_peptide):
     small = make_flow("tarflow", aa_peptide.topology, d_model=32, n_blocks=2, n_layers=1)
     big = make_flow("tarflow", aa_peptide.topology, d_model=64, n_blocks=2, n_layers=1)
     assert 0 < count_parameters(small) < count_parameters(big)
+
+
+def test_spline_baseline_identity_exact_inverse_and_logdet(
+    aa_peptide, aa_samples, perturb, jacobian_logdet
+):
+    from moltune.flow.models import PerCoordinateSpline
+
+    flow = make_flow("spline_ic", aa_peptide.topology, spline_bins=6)
+    flow.representation.fit(aa_samples)
+    affine, spline = flow.core.cores
+    assert isinstance(affine, PerCoordinateFlow) and isinstance(spline, PerCoordinateSpline)
+    assert count_parameters(spline) == 23 * 3 * (3 * 6 + 3)
+    x = aa_samples[:8]
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() < 1e-12 and ld.abs().max() < 1e-12  # identity at start
+    perturb(flow.core, scale=0.3)
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() > 1e-2
+    y_same, ld_same = flow(x, 450.0, 450.0)  # equal temperatures: the identity
+    assert (y_same - x).abs().max() < 1e-12 and ld_same.abs().max() < 1e-12
+    xr, ldr = flow.inverse(y, 300.0, 450.0)
+    assert (xr - x).abs().max() < 1e-12  # float64 path exact
+    torch.testing.assert_close(ldr, -ld, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ld[:2], jacobian_logdet(lambda v: flow(v, 300.0, 450.0)[0], x[:2]))
+    ref = jacobian_logdet(lambda v: flow.inverse(v, 300.0, 450.0)[0], y[:2])
+    torch.testing.assert_close(ldr[:2], ref)
+
+
+def test_spline_tarflow_puts_spline_layers_in_front(aa_peptide):
+    from moltune.flow.models import PerCoordinateSpline
+    from moltune.flow.tarflow import TarFlow
+
+    flow = make_flow("tarflow", aa_peptide.topology, d_model=16, n_blocks=2, n_layers=1,
+                     per_coordinate=True, spline_bins=4)  # fmt: skip
+    kinds = [type(c) for c in flow.core.cores]
+    assert kinds == [PerCoordinateFlow, PerCoordinateSpline, TarFlow]
+    assert flow.core.cores[2].blocks[0].out.out_features == 3 * (3 * 4 + 3)
+
+
+def test_spline_preset_builds_the_spline_baseline(aa_peptide):
+    from moltune.common.config import load_config
+    from moltune.flow.models import PerCoordinateSpline
+    from moltune.flow.train import TrainConfig, build_flow
+
+    cfg = load_config(TrainConfig, "aa_300_450_spline")
+    flow = build_flow(cfg.flow, aa_peptide.topology)
+    spline = flow.core.cores[1]
+    assert isinstance(spline, PerCoordinateSpline) and spline.bins == cfg.flow.spline_bins == 8

@@ -3,7 +3,7 @@
 
     moltune pt train --preset aa_300_450 [--data-root DIR] [--simulate-missing] [--data DIR]
                      [--test-data DIR] [--epochs N | --steps N] [--batch-size B] [--lr X]
-                     [--[no-]validate] [--flow baseline_ic|tarflow]
+                     [--[no-]validate] [--flow baseline_ic|spline_ic|tarflow]
                      [--representation internal|cartesian] [--max-minutes M] --out RUN [--resume]
                      [--accelerator A] [--devices N] [--strategy S] [--num-nodes N]
                      [--precision P] [--logger tensorboard|wandb]
@@ -43,7 +43,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--validate", action=argparse.BooleanOptionalAction, default=None,
         help="validate (held-out swap acceptance) during training (default: preset)",
     )  # fmt: skip
-    p.add_argument("--flow", choices=("baseline_ic", "tarflow"), help="flow family")
+    p.add_argument("--flow", choices=("baseline_ic", "spline_ic", "tarflow"), help="flow family")
     p.add_argument("--representation", choices=("internal", "cartesian"), help="coordinates")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")

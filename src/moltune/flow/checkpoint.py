@@ -28,7 +28,7 @@ FORMAT = "moltune-transport-flow/1"
 
 @dataclass
 class FlowConfig:
-    """Which flow: ``baseline_ic`` or ``tarflow`` over ``internal`` or ``cartesian`` coordinates."""
+    """Which flow: ``baseline_ic``, ``spline_ic`` or ``tarflow`` over ``internal`` or ``cartesian`` coordinates."""
 
     name: str = "tarflow"
     representation: str = "internal"
@@ -40,18 +40,20 @@ class FlowConfig:
     scale_bound: float = 1.0
     atom_embeddings: bool = True
     per_coordinate: bool = True  # a per-coordinate (baseline-style) layer before the blocks
+    spline_bins: int = 0  # > 0: RQ spline slot maps with this many bins (moltune.flow.splines)
 
 
 def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
     """The configured flow (untrained; fit ``flow.representation`` before training)."""
     from moltune.flow.models import make_flow
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"spline_bins": cfg.spline_bins}
     if cfg.name == "tarflow":
         kwargs = {
             "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,
             "n_heads": cfg.n_heads, "mlp_ratio": cfg.mlp_ratio, "scale_bound": cfg.scale_bound,
             "atom_embeddings": cfg.atom_embeddings, "per_coordinate": cfg.per_coordinate,
+            "spline_bins": cfg.spline_bins,
         }  # fmt: skip
     return make_flow(cfg.name, topology, cfg.representation, **kwargs)
 

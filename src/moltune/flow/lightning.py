@@ -295,12 +295,12 @@ class TransportModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        from moltune.flow.models import PerCoordinateFlow
+        from moltune.flow.models import PER_COORDINATE_LAYERS
 
         fast = [
             p
             for m in self.flow.modules()
-            if isinstance(m, PerCoordinateFlow)
+            if isinstance(m, PER_COORDINATE_LAYERS)
             for p in m.parameters()
         ]
         fast_ids = {id(p) for p in fast}

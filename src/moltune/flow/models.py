@@ -12,7 +12,9 @@ log-determinant includes the representation's Jacobians, so it is the log|det| i
 
 Named flows (:func:`make_flow`): ``identity`` (the naive swap control), ``baseline_ic`` (the
 per-coordinate internal-coordinate flow, about 130 parameters for AA: the control the TarFlow
-must beat) and ``tarflow`` (``moltune.flow.tarflow``).
+must beat), ``spline_ic`` (that, then a per-coordinate RQ spline layer, ``spline_bins`` bins) and
+``tarflow`` (``moltune.flow.tarflow``; ``spline_bins`` > 0 makes its blocks and per-coordinate
+layers splines).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from moltune.flow.coordinates import AFFINE, CIRCULAR, Representation, make_representation
+from moltune.flow.splines import n_spline_params, spline_slots
 from moltune.flow.transforms import affine, moebius, moebius_w
 
 T_REF_K = 300.0
@@ -136,6 +139,38 @@ class PerCoordinateFlow(nn.Module):
         return self._transform(z, cond, rep, inverse=True)
 
 
+class PerCoordinateSpline(nn.Module):
+    """Spline baseline layer: each slot an RQ spline whose raw parameters are ``a theta``.
+
+    ``a = log(T_t/T_s)``, so the map is the identity for equal temperatures and at
+    initialisation (``theta = 0``); bounded slots are splined on the standardised value, torsions
+    by a circular spline with the rotor's symmetry (``moltune.flow.splines``).
+    """
+
+    def __init__(self, n_tokens: int, bins: int = 8, scale_bound: float = 1.0):
+        super().__init__()
+        self.bins = bins
+        self.scale_bound = scale_bound
+        self.theta = nn.Parameter(torch.zeros(n_tokens, 3, n_spline_params(bins)))
+
+    def _transform(self, z, cond, rep, inverse: bool):
+        a = cond[:, 0, None, None, None].to(z.dtype)  # [B, 1, 1, 1]
+        params = a * self.theta.to(z.dtype)
+        out, ld = spline_slots(
+            z, params, rep.slot_kind, rep.symmetry, self.bins, self.scale_bound, inverse
+        )
+        return out, ld.sum(-1)
+
+    def forward(self, z, cond, rep):
+        return self._transform(z, cond, rep, inverse=False)
+
+    def inverse(self, z, cond, rep):
+        return self._transform(z, cond, rep, inverse=True)
+
+
+PER_COORDINATE_LAYERS = (PerCoordinateFlow, PerCoordinateSpline)  # few parameters, fast lr
+
+
 class SequentialCore(nn.Module):
     """Cores applied one after another (inverse in reverse order); log-determinants add."""
 
@@ -158,7 +193,7 @@ class SequentialCore(nn.Module):
         return z, ld
 
 
-FLOWS = ("identity", "baseline_ic", "tarflow")
+FLOWS = ("identity", "baseline_ic", "spline_ic", "tarflow")
 
 
 def make_flow(name: str, topology, representation: str = "internal", **kwargs: Any) -> nn.Module:
@@ -168,17 +203,28 @@ def make_flow(name: str, topology, representation: str = "internal", **kwargs: A
     if name == "identity":
         return IdentityFlow()
     rep = make_representation(representation, topology)
+    bins = int(kwargs.pop("spline_bins", 0) or 0)
     if name == "baseline_ic":
         return TransportFlow(rep, PerCoordinateFlow(rep.n_tokens))
+    if name == "spline_ic":
+        return TransportFlow(rep, _per_coordinate(rep, bins or 8))
     if name == "tarflow":
         from moltune.flow.tarflow import TarFlow
 
         per_coordinate = kwargs.pop("per_coordinate", False)
-        core: nn.Module = TarFlow(**kwargs)
+        core: nn.Module = TarFlow(spline_bins=bins, **kwargs)
         if per_coordinate:
-            core = SequentialCore([PerCoordinateFlow(rep.n_tokens), core])
+            core = SequentialCore([*_per_coordinate(rep, bins).cores, core])
         return TransportFlow(rep, core)
     raise InvalidInputError(f"unknown flow {name!r}; choose one of {FLOWS}")
+
+
+def _per_coordinate(rep: Representation, bins: int) -> SequentialCore:
+    """The per-coordinate layers: affine / Moebius, then (``bins`` > 0) an RQ spline layer."""
+    layers: list[nn.Module] = [PerCoordinateFlow(rep.n_tokens)]
+    if bins:
+        layers.append(PerCoordinateSpline(rep.n_tokens, bins))
+    return SequentialCore(layers)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moltune.flow.coordinates import AFFINE, ATOM_NAMES, CIRCULAR, ELEMENTS, RESIDUES, wrap
+from moltune.flow.splines import n_spline_params, spline_slots
 from moltune.flow.transforms import apply_slots, apply_token_slots
 
 N_FEATURES = 9  # 3 slots x (affine value, cos, sin)
@@ -116,8 +117,11 @@ class AutoregressiveBlock(nn.Module):
         scale_bound: float,
         atom_embeddings: bool = True,
         mlp_ratio: int = 4,
+        spline_bins: int = 0,
     ):
         super().__init__()
+        self.spline_bins = spline_bins
+        self.n_slot_params = n_spline_params(spline_bins) if spline_bins else N_PARAMS // 3
         self.reverse = reverse
         self.scale_bound = scale_bound
         self.atom_embeddings = atom_embeddings
@@ -134,7 +138,7 @@ class AutoregressiveBlock(nn.Module):
             TransformerLayer(d_model, n_heads, mlp_ratio) for _ in range(n_layers)
         )
         self.norm = nn.LayerNorm(d_model)
-        self.out = nn.Linear(d_model, N_PARAMS)
+        self.out = nn.Linear(d_model, 3 * self.n_slot_params)
         nn.init.zeros_(self.out.weight)  # the block starts as the identity map
         nn.init.zeros_(self.out.bias)
 
@@ -161,7 +165,13 @@ class AutoregressiveBlock(nn.Module):
 
     def _params(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         out = self.out(self.norm(h)).to(dtype)
-        return out.view(*out.shape[:-1], 3, 3)
+        return out.view(*out.shape[:-1], 3, self.n_slot_params)
+
+    def _slot_maps(self, zp, params, kind, sym, inverse: bool = False):
+        """Slot maps of tokens [B, T, 3] (block order): affine / Moebius, or RQ splines."""
+        if self.spline_bins:
+            return spline_slots(zp, params, kind, sym, self.spline_bins, self.scale_bound, inverse)
+        return apply_slots(zp, params, kind, sym, self.scale_bound, inverse)
 
     def _updates(self, zp: torch.Tensor, kind: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """Transform parameters [B, T, 3, 3] of every position from the tokens before it."""
@@ -178,7 +188,7 @@ class AutoregressiveBlock(nn.Module):
         kind, sym = rep.slot_kind[perm], rep.symmetry[perm]
         zp = z[:, perm]
         params = self._updates(zp, kind, self._context(rep, perm, cond))
-        yp, ld = apply_slots(zp, params, kind, sym, self.scale_bound)
+        yp, ld = self._slot_maps(zp, params, kind, sym)
         return yp[:, inv], ld.sum(-1)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor, rep, method: str | None = None):
@@ -214,10 +224,16 @@ class AutoregressiveBlock(nn.Module):
                 for layer in self.layers:
                     h = layer(h)
                 h = h[:, -1:]
-            x_p, ld_p = apply_token_slots(
-                yp[:, p], self._params(h[:, 0], y.dtype), kinds[p], syms[p],
-                self.scale_bound, inverse=True,
-            )  # fmt: skip
+            params = self._params(h[:, 0], y.dtype)
+            if self.spline_bins:
+                x_p, ld_p = self._slot_maps(
+                    yp[:, p, None], params[:, None], kind[p, None], sym[p, None], inverse=True
+                )
+                x_p, ld_p = x_p[:, 0], ld_p[:, 0]
+            else:
+                x_p, ld_p = apply_token_slots(
+                    yp[:, p], params, kinds[p], syms[p], self.scale_bound, inverse=True
+                )
             xs.append(x_p)
             lds.append(ld_p)
             prev = token_features(x_p[:, None], kind[p : p + 1])[:, 0].to(ctx.dtype)
@@ -229,9 +245,7 @@ class AutoregressiveBlock(nn.Module):
         circular = kind == CIRCULAR
         xp = yp
         for _ in range(yp.shape[1] + 1):  # causality: sweep k fixes position k-1 exactly
-            new, ld = apply_slots(
-                yp, self._updates(xp, kind, ctx), kind, sym, self.scale_bound, inverse=True
-            )
+            new, ld = self._slot_maps(yp, self._updates(xp, kind, ctx), kind, sym, inverse=True)
             change = torch.where(circular, wrap(new - xp), new - xp).abs().max()
             xp = new
             if not change > tol:  # also stops on NaN instead of sweeping on
@@ -252,6 +266,7 @@ class TarFlow(nn.Module):
         scale_bound: float = 1.0,
         atom_embeddings: bool = True,
         mlp_ratio: int = 4,
+        spline_bins: int = 0,
     ):
         super().__init__()
         self.blocks = nn.ModuleList(
@@ -264,6 +279,7 @@ class TarFlow(nn.Module):
                 scale_bound=scale_bound,
                 atom_embeddings=atom_embeddings,
                 mlp_ratio=mlp_ratio,
+                spline_bins=spline_bins,
             )
             for b in range(n_blocks)
         )

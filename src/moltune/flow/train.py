@@ -83,7 +83,7 @@ class TrainConfig:
     monitors: dict = field(default_factory=dict)  # moltune.validation.monitors.MonitorConfig
 
 
-FLOWS = ("baseline_ic", "tarflow")
+FLOWS = ("baseline_ic", "spline_ic", "tarflow")
 REPRESENTATIONS = ("internal", "cartesian")
 
 
