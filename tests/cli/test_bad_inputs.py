@@ -188,6 +188,8 @@ CASES = [
      True),
     ("baselines-max-pockets-negative", [*BASE, "--out", "{d}/b", "--max-pockets", "-1"],
      "--max-pockets", True),
+    ("baselines-max-pockets-zero", [*BASE, "--out", "{d}/b", "--max-pockets", "0"],
+     "--max-pockets", True),
     ("baselines-out-under-file", [*BASE, "--out", "{d}/blocker/b"], "not a folder", True),
 ]
 

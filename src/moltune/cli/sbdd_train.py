@@ -54,7 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--film-hidden-dims", type=int, nargs="+", default=[128])
     b.add_argument("--random-film-gain", type=float, default=1.0,
                    help="scale of the random adapter's last layer (default 1: PyTorch init)")
-    b.add_argument("--max-pockets", type=int, default=0, help="use the first N pockets only")
+    b.add_argument("--max-pockets", type=int, default=None,
+                   help="use the first N pockets only (N >= 1; default: all)")
     b.add_argument("--pockets", nargs="+", default=[], metavar="ID",
                    help="use only these complexes of the split")
     b.add_argument("--out", required=True, help="output folder")

@@ -60,7 +60,7 @@ class BaselineConfig:
     # a perturbation a memorising model shrugs off; the report states the resulting spread
     random_film_gain: float = 1.0
     min_pockets: int = 5
-    max_pockets: int = 0
+    max_pockets: int | None = None  # None: every pocket of the split
     pockets: list[str] = field(default_factory=list)  # only these complexes of the split
     embedding: str = "deterministic"
     batch_size: int = 16
@@ -78,7 +78,8 @@ class BaselineConfig:
         check_number("--n-samples", self.n_samples, minimum=1)
         check_number("--timesteps", self.timesteps, minimum=1)
         check_number("--random-film-gain", float(self.random_film_gain), minimum=0)
-        check_number("--max-pockets", self.max_pockets, minimum=0)
+        if self.max_pockets is not None:
+            check_number("--max-pockets", self.max_pockets, minimum=1)
         check_number("--threads", self.threads, minimum=0)
         check_number("--batch-size", self.batch_size, minimum=1)
         for d in self.film_hidden_dims:
@@ -117,7 +118,7 @@ def load_items(cfg: BaselineConfig) -> tuple[list[dict[str, Any]], Path]:
         if missing:
             raise InvalidInputError(f"pockets {sorted(missing)} not in {d}/{cfg.split}.npz")
         items = [x for x in items if x["name"] in set(cfg.pockets)]
-    if cfg.max_pockets:
+    if cfg.max_pockets is not None:
         items = items[: cfg.max_pockets]
     if not items:
         raise InvalidInputError(f"{d}/{cfg.split}.npz holds no complexes")
