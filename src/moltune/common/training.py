@@ -25,7 +25,12 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch.utils.data import Sampler
 
-from moltune.common.errors import CheckpointError, InputFileError, InvalidInputError
+from moltune.common.errors import (
+    CheckpointError,
+    InputFileError,
+    InvalidInputError,
+    check_number,
+)
 from moltune.common.io import torch_save
 
 log = logging.getLogger(__name__)
@@ -249,10 +254,9 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str = "cosine",
 def check_positive(**values: Any) -> None:
     """Refuse a setting that must be a positive finite number (``None``: unset, allowed)."""
     for name, v in values.items():
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
             raise InvalidInputError(f"{name} must be a positive number, got {v!r}")
+        check_number(name, v, above=0)
 
 
 # --------------------------------------------------------------------------- sampling
