@@ -136,8 +136,11 @@ def test_one_console_line_per_lightning_message(capsys):
 
     root, buf = logging.getLogger(), io.StringIO()
     handler = logging.StreamHandler(buf)
-    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate)
-             for n in ("lightning", "lightning.pytorch", "lightning.fabric")}  # fmt: skip
+    names = ("lightning", "lightning.pytorch", "lightning.fabric")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate,
+                 logging.getLogger(n).level) for n in names}  # fmt: skip
+    for n in names:  # another test module may have quietened Lightning
+        logging.getLogger(n).setLevel(logging.INFO)
     root.addHandler(handler)
     level = root.level
     root.setLevel(logging.INFO)
@@ -149,9 +152,10 @@ def test_one_console_line_per_lightning_message(capsys):
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
-        for n, (handlers, propagate) in saved.items():
+        for n, (handlers, propagate, lvl) in saved.items():
             logging.getLogger(n).handlers[:] = handlers
             logging.getLogger(n).propagate = propagate
+            logging.getLogger(n).setLevel(lvl)
     assert text.count("GPU available") == 1
 
 
