@@ -22,6 +22,9 @@ from moltune.flow.multi_peptide import (
 from moltune.flow.train import FlowConfig
 from moltune.physics.replica_exchange import PTConfig, simulate
 
+# three PT simulations and several trainings: minutes on a 2-core CPU
+pytestmark = pytest.mark.slow
+
 TINY = {"temperatures_K": [300.0, 450.0, 670.0], "time_ns": 0.01, "save_interval_ps": 0.2,
         "swap_interval_ps": 0.1, "equilibration_ps": 1.0, "checkpoint_interval_ps": 11.0,
         "seed": 5}  # fmt: skip
