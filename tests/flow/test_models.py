@@ -111,3 +111,59 @@ def test_spline_preset_builds_the_spline_baseline(aa_peptide):
     flow = build_flow(cfg.flow, aa_peptide.topology)
     spline = flow.core.cores[1]
     assert isinstance(spline, PerCoordinateSpline) and spline.bins == cfg.flow.spline_bins == 8
+
+
+def test_coupling_layers_identity_exact_inverse_logdet_and_masks(
+    aa_peptide, aa_samples, perturb, jacobian_logdet
+):
+    from moltune.flow.coordinates import AFFINE, CIRCULAR
+    from moltune.flow.models import CouplingSpline, coupling_masks
+
+    flow = make_flow("spline_ic", aa_peptide.topology, spline_bins=4, couplings=3,
+                     coupling_hidden=16)  # fmt: skip
+    rep = flow.representation.fit(aa_samples)
+    couplings = flow.core.cores[2:]
+    assert len(couplings) == 3 and all(isinstance(c, CouplingSpline) for c in couplings)
+    masks = coupling_masks(rep, 3)
+    # AA zwitterion: two slow torsions (no rotor symmetry) condition; rotors never do
+    slow = (rep.slot_kind == CIRCULAR) & (rep.symmetry == 1)
+    assert int(slow.sum()) == 2
+    assert all(bool((c & ~slow).sum() == 0) for c, _ in masks)
+    # no layer moves its own conditioner; together they move every slot
+    assert not any(bool((c & t).any()) for c, t in masks)
+    moved = masks[0][1] | masks[1][1] | masks[2][1]
+    assert torch.equal(moved, rep.slot_kind != 0)
+    assert torch.equal(masks[1][1] | masks[2][1], slow) and int(masks[1][1].sum()) == 1
+    assert bool((masks[0][1] & (rep.slot_kind == AFFINE)).sum() == (rep.slot_kind == AFFINE).sum())
+    x = aa_samples[:8]
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() < 1e-12 and ld.abs().max() < 1e-12  # identity at start
+    perturb(flow.core, scale=0.05)
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() > 1e-2
+    y_same, ld_same = flow(x, 450.0, 450.0)
+    assert (y_same - x).abs().max() < 1e-12 and ld_same.abs().max() < 1e-12
+    xr, ldr = flow.inverse(y, 300.0, 450.0)
+    assert (xr - x).abs().max() < 1e-12
+    torch.testing.assert_close(ldr, -ld, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ld[:2], jacobian_logdet(lambda v: flow(v, 300.0, 450.0)[0], x[:2]))
+
+
+def test_slot_features_honour_rotor_symmetry(aa_peptide, aa_samples):
+    """Turning a k-fold rotor by 2 pi / k leaves its conditioning features unchanged."""
+    import math
+
+    from moltune.flow.coordinates import CIRCULAR
+    from moltune.flow.models import slot_features
+
+    rep = make_flow("spline_ic", aa_peptide.topology).representation.fit(aa_samples)
+    z, _, _ = rep.encode(aa_samples[:4])
+    mask = rep.slot_kind != 0
+    rotor = (rep.slot_kind == CIRCULAR) & (rep.symmetry == 3)
+    assert int(rotor.sum()) == 3  # NH3+ and two methyls
+    turned = torch.where(rotor, z + 2 * math.pi / rep.symmetry.to(z.dtype), z)
+    f, f_t = (slot_features(v, rep.slot_kind, rep.symmetry, mask) for v in (z, turned))
+    assert f.shape == (4, int(mask.sum() + (rep.slot_kind == CIRCULAR).sum()))
+    torch.testing.assert_close(f, f_t, atol=1e-12, rtol=0)
+    half = torch.where(rotor, z + math.pi / 3, z)  # not a symmetry: the features change
+    assert (slot_features(half, rep.slot_kind, rep.symmetry, mask) - f).abs().max() > 0.5

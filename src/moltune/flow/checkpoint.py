@@ -41,6 +41,8 @@ class FlowConfig:
     atom_embeddings: bool = True
     per_coordinate: bool = True  # a per-coordinate (baseline-style) layer before the blocks
     spline_bins: int = 0  # > 0: RQ spline slot maps with this many bins (moltune.flow.splines)
+    couplings: int = 0  # spline_ic: coupling spline layers after the per-coordinate ones
+    coupling_hidden: int = 128  # width of their conditioner MLPs
 
 
 def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
@@ -48,6 +50,8 @@ def build_flow(cfg: FlowConfig, topology) -> torch.nn.Module:
     from moltune.flow.models import make_flow
 
     kwargs: dict[str, Any] = {"spline_bins": cfg.spline_bins}
+    if cfg.name == "spline_ic":
+        kwargs.update(couplings=cfg.couplings, coupling_hidden=cfg.coupling_hidden)
     if cfg.name == "tarflow":
         kwargs = {
             "n_blocks": cfg.n_blocks, "d_model": cfg.d_model, "n_layers": cfg.n_layers,

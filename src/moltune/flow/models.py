@@ -12,7 +12,8 @@ log-determinant includes the representation's Jacobians, so it is the log|det| i
 
 Named flows (:func:`make_flow`): ``identity`` (the naive swap control), ``baseline_ic`` (the
 per-coordinate internal-coordinate flow, about 130 parameters for AA: the control the TarFlow
-must beat), ``spline_ic`` (that, then a per-coordinate RQ spline layer, ``spline_bins`` bins) and
+must beat), ``spline_ic`` (that, then a per-coordinate RQ spline layer, ``spline_bins`` bins, then
+``couplings`` coupling spline layers that let one coordinate's map depend on others) and
 ``tarflow`` (``moltune.flow.tarflow``; ``spline_bins`` > 0 makes its blocks and per-coordinate
 layers splines).
 """
@@ -24,8 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from moltune.flow.coordinates import AFFINE, CIRCULAR, Representation, make_representation
-from moltune.flow.splines import n_spline_params, spline_slots
+from moltune.flow.coordinates import (
+    AFFINE,
+    CIRCULAR,
+    NONE,
+    Representation,
+    make_representation,
+)
+from moltune.flow.splines import SPLINE_BOUND, n_spline_params, spline_slots
 from moltune.flow.transforms import affine, moebius, moebius_w
 
 T_REF_K = 300.0
@@ -171,6 +178,82 @@ class PerCoordinateSpline(nn.Module):
 PER_COORDINATE_LAYERS = (PerCoordinateFlow, PerCoordinateSpline)  # few parameters, fast lr
 
 
+def slot_features(z: torch.Tensor, slot_kind: torch.Tensor, symmetry: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """Features [B, F] of the slots in ``mask`` [N, 3]: the standardised value of a bounded slot
+    (clipped to +-5), ``cos k phi, sin k phi`` of a torsion (``k`` its rotor symmetry, so the
+    features do not tell symmetry-equivalent rotamers apart)."""
+    zm = z[:, mask]
+    circ = (slot_kind == CIRCULAR)[mask]
+    k = symmetry[mask].to(z.dtype)
+    bounded = zm[:, ~circ].clamp(-SPLINE_BOUND, SPLINE_BOUND)
+    angle = k[circ] * zm[:, circ]
+    return torch.cat([bounded, torch.cos(angle), torch.sin(angle)], dim=-1)
+
+
+class CouplingSpline(nn.Module):
+    """A coupling layer: RQ splines of the ``transformed`` slots, their parameters predicted by
+    an MLP from the ``conditioner`` slots (which pass unchanged) and the temperature pair.
+
+    This is what a per-coordinate layer cannot do: let the map of a bond angle depend on the
+    backbone basin (phi, psi), or of one torsion on another. Parameters are ``a MLP(...)`` with
+    ``a = log(T_t/T_s)`` and a zero last layer, so the layer is the identity at initialisation
+    and for equal temperatures; the inverse is exact and closed-form (the conditioner is
+    unchanged), with no autoregressive pass.
+    """
+
+    def __init__(self, rep: Representation, conditioner: torch.Tensor, transformed: torch.Tensor,
+                 bins: int = 8, hidden: int = 128, scale_bound: float = 1.0):
+        super().__init__()
+        self.bins, self.scale_bound = bins, scale_bound
+        self.register_buffer("conditioner", conditioner.clone())
+        self.register_buffer("transformed", transformed.clone())
+        n_in = int(conditioner.sum() + (conditioner & (rep.slot_kind == CIRCULAR)).sum()) + 3
+        self.n_params = n_spline_params(bins)
+        self.net = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, int(transformed.sum()) * self.n_params),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _transform(self, z, cond, rep, inverse: bool):
+        w = self.net[0].weight
+        feats = slot_features(z, rep.slot_kind, rep.symmetry, self.conditioner)
+        raw = self.net(torch.cat([feats.to(w.dtype), cond.to(w.dtype)], dim=-1)).to(z.dtype)
+        a = cond[:, 0, None, None].to(z.dtype)
+        params = z.new_zeros(*z.shape, self.n_params)
+        params[:, self.transformed] = a * raw.view(z.shape[0], -1, self.n_params)
+        kind = torch.where(self.transformed, rep.slot_kind, torch.zeros_like(rep.slot_kind))
+        out, ld = spline_slots(z, params, kind, rep.symmetry, self.bins, self.scale_bound,
+                               inverse)
+        return out, ld.sum(-1)
+
+    def forward(self, z, cond, rep):
+        return self._transform(z, cond, rep, inverse=False)
+
+    def inverse(self, z, cond, rep):
+        return self._transform(z, cond, rep, inverse=True)
+
+
+def coupling_masks(rep: Representation, n_layers: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(conditioner, transformed) slot masks of ``n_layers`` coupling layers.
+
+    The conditioner is always among the slow torsions (circular, no rotor symmetry: the
+    backbone phi, psi, ...), which say which basin a configuration is in and are few, so the
+    layers learn basin-dependent maps without fitting noise in dozens of fast coordinates.
+    Cycle: every other slot given the slow torsions; the odd slow torsions (in build order)
+    given the even ones; the even given the odd. Layers with nothing to move are left out.
+    """
+    slow = (rep.slot_kind == CIRCULAR) & (rep.symmetry == 1)
+    rank = torch.cumsum(slow.flatten().long(), 0).view_as(slow) - 1
+    even = slow & (rank % 2 == 0)
+    odd = slow & ~even
+    cycle = [(slow, (rep.slot_kind != NONE) & ~slow), (even, odd), (odd, even)]
+    layers = [cycle[i % 3] for i in range(n_layers)]
+    return [(c, t) for c, t in layers if bool(t.any())]
+
+
 class SequentialCore(nn.Module):
     """Cores applied one after another (inverse in reverse order); log-determinants add."""
 
@@ -207,7 +290,12 @@ def make_flow(name: str, topology, representation: str = "internal", **kwargs: A
     if name == "baseline_ic":
         return TransportFlow(rep, PerCoordinateFlow(rep.n_tokens))
     if name == "spline_ic":
-        return TransportFlow(rep, _per_coordinate(rep, bins or 8))
+        core = _per_coordinate(rep, bins or 8)
+        n_couplings = int(kwargs.pop("couplings", 0) or 0)
+        hidden = int(kwargs.pop("coupling_hidden", 128))
+        for conditioner, transformed in coupling_masks(rep, n_couplings):
+            core.cores.append(CouplingSpline(rep, conditioner, transformed, bins or 8, hidden))
+        return TransportFlow(rep, core)
     if name == "tarflow":
         from moltune.flow.tarflow import TarFlow
 
