@@ -178,8 +178,9 @@ class PerCoordinateSpline(nn.Module):
 PER_COORDINATE_LAYERS = (PerCoordinateFlow, PerCoordinateSpline)  # few parameters, fast lr
 
 
-def slot_features(z: torch.Tensor, slot_kind: torch.Tensor, symmetry: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
+def slot_features(
+    z: torch.Tensor, slot_kind: torch.Tensor, symmetry: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Features [B, F] of the slots in ``mask`` [N, 3]: the standardised value of a bounded slot
     (clipped to +-5), ``cos k phi, sin k phi`` of a torsion (``k`` its rotor symmetry, so the
     features do not tell symmetry-equivalent rotamers apart)."""
@@ -202,8 +203,15 @@ class CouplingSpline(nn.Module):
     unchanged), with no autoregressive pass.
     """
 
-    def __init__(self, rep: Representation, conditioner: torch.Tensor, transformed: torch.Tensor,
-                 bins: int = 8, hidden: int = 128, scale_bound: float = 1.0):
+    def __init__(
+        self,
+        rep: Representation,
+        conditioner: torch.Tensor,
+        transformed: torch.Tensor,
+        bins: int = 8,
+        hidden: int = 128,
+        scale_bound: float = 1.0,
+    ):
         super().__init__()
         self.bins, self.scale_bound = bins, scale_bound
         self.register_buffer("conditioner", conditioner.clone())
@@ -211,7 +219,10 @@ class CouplingSpline(nn.Module):
         n_in = int(conditioner.sum() + (conditioner & (rep.slot_kind == CIRCULAR)).sum()) + 3
         self.n_params = n_spline_params(bins)
         self.net = nn.Sequential(
-            nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(n_in, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
             nn.Linear(hidden, int(transformed.sum()) * self.n_params),
         )
         nn.init.zeros_(self.net[-1].weight)
@@ -225,8 +236,7 @@ class CouplingSpline(nn.Module):
         params = z.new_zeros(*z.shape, self.n_params)
         params[:, self.transformed] = a * raw.view(z.shape[0], -1, self.n_params)
         kind = torch.where(self.transformed, rep.slot_kind, torch.zeros_like(rep.slot_kind))
-        out, ld = spline_slots(z, params, kind, rep.symmetry, self.bins, self.scale_bound,
-                               inverse)
+        out, ld = spline_slots(z, params, kind, rep.symmetry, self.bins, self.scale_bound, inverse)
         return out, ld.sum(-1)
 
     def forward(self, z, cond, rep):
