@@ -260,7 +260,7 @@ def test_module_to_float64_moves_every_tensor_a_step_touches(pt_dir):
     seen, terms = _steps_under_spy(module, train_batch, val_batch, torch.float64)
     assert seen == [], sorted(set(seen))[:10]
     assert np.isfinite(terms.loss_forward.detach().numpy()).all()
-    assert len(module._val) == 1 and np.isfinite(module._val[0][3].log_alpha).all()
+    assert len(module._val) == 1 and np.isfinite(module._val[0][3]["log_alpha"]).all()
     # the energy stays float64 whatever the network's precision, and stays out of checkpoints
     module.to(torch.bfloat16)
     assert {b.dtype for b in module.energy.buffers() if b.is_floating_point()} == {torch.float64}

@@ -290,6 +290,45 @@ class EpochShardSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in self._indices()])
 
 
+def shard(n: int) -> range:
+    """This rank's block of ``n`` items (rank r of W: a contiguous block, the blocks' sizes
+    differing by at most one), so the ranks' results gathered in rank order are in item order."""
+    rank, size = world()
+    return range(rank * n // size, (rank + 1) * n // size)
+
+
+class ShardSampler(Sampler):
+    """This rank's :func:`shard` of ``n`` validation items: no item twice, none dropped. A
+    count-weighted reduction (``self.log(..., batch_size=b, sync_dist=True)``) or :func:`gather`
+    then gives the one-process figure."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def _indices(self) -> range:
+        size = world()[1]
+        if self.n < size:  # a rank without a batch would skip validation and stall the others
+            raise InvalidInputError(f"{self.n} validation item(s) cannot be shared by {size} "
+                                    "processes (each needs one)")  # fmt: skip
+        return shard(self.n)
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def __iter__(self):
+        return iter(self._indices())
+
+
+def gather(obj: Any) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in one process."""
+    size = world()[1]
+    if size == 1:
+        return [obj]
+    out: list = [None] * size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 # --------------------------------------------------------------------------- trainer
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint writer that renames a complete temporary file into place."""

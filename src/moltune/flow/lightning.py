@@ -3,7 +3,8 @@
 :class:`TransportDataModule` serves pairs (x at T_i, y at T_j) for the configured temperature
 pairs of a replica-exchange data set (``moltune.physics.ptdata.load_pt_data``). One *epoch* is
 one pass over every source frame of every pair (each with an independently drawn target frame).
-Validation uses fixed, index-aligned pairs from a held-out data set (or a held-out tail).
+Validation uses fixed, index-aligned pairs from a held-out data set (or a held-out tail); under
+DDP each rank validates its shard and the figures are computed from every rank's items.
 
 :class:`TransportModule` holds the flow and computes the losses of ``moltune.flow.losses``;
 optimisation is manual so that steps with non-finite losses or gradients are skipped and
@@ -17,7 +18,7 @@ rank its own epoch-seeded shard; every target frame a function of (seed, epoch, 
 
 Several systems (``moltune.flow.multi_peptide``: peptides sharing one core) use the same module:
 a subclass overrides :meth:`TransportModule.system`, training batches carry a fifth item (the
-system's index) and validation batches an eighth; ``pair_tags`` names each validation pair.
+system's index) and validation batches a ninth; ``pair_tags`` names each validation pair.
 """
 
 from __future__ import annotations
@@ -46,6 +47,17 @@ class PairSet:
     u_y: np.ndarray  # [F_j] float64
 
 
+ROUND_TRIP = 128  # validation items per pair whose round trip T^-1(T(x)) is measured
+PROPOSAL_FIELDS = ("u_x", "u_y", "u_tx", "u_tinv_y", "logdet_forward", "logdet_inverse",
+                   "log_alpha", "nonfinite")  # what validation keeps of a FlowSwapProposal
+
+
+def _first_of_each(pos: np.ndarray) -> np.ndarray:
+    """Indices that put ``pos`` in order, each position once."""
+    order = np.argsort(pos, kind="stable")
+    return order[np.unique(pos[order], return_index=True)[1]]
+
+
 class TrainPairs(Dataset):
     """Item k: source frame k (over all pairs) with a target frame of the same pair drawn from
     (seed, epoch, k) alone (the index may be ``(epoch, k)``), so any number of ranks and a
@@ -68,7 +80,8 @@ class TrainPairs(Dataset):
 
 
 class ValPairs(Dataset):
-    """Fixed pairs: the k-th held-out source frame with the k-th held-out target frame."""
+    """Fixed pairs: the k-th held-out source frame with the k-th held-out target frame. Items
+    are ``(x, y, t_source_K, t_target_K, u_x, u_y, k, pair)`` (k: the position in its pair)."""
 
     def __init__(self, pairs: list[PairSet], n_per_pair: int):
         self.items = []
@@ -76,16 +89,16 @@ class ValPairs(Dataset):
             n = min(n_per_pair, len(p.x), len(p.y))
             ix = np.linspace(0, len(p.x) - 1, n).astype(int)
             iy = np.linspace(0, len(p.y) - 1, n).astype(int)
-            self.items += [(q, a, b) for a, b in zip(ix, iy)]
+            self.items += [(q, k, a, b) for k, (a, b) in enumerate(zip(ix, iy))]
         self.pairs = pairs
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, k: int):
-        q, a, b = self.items[k]
+    def __getitem__(self, index: int):
+        q, k, a, b = self.items[index]
         p = self.pairs[q]
-        return p.x[a], p.y[b], p.t_source_K, p.t_target_K, p.u_x[a], p.u_y[b], q
+        return p.x[a], p.y[b], p.t_source_K, p.t_target_K, p.u_x[a], p.u_y[b], k, q
 
 
 def neighbour_pairs(n: int) -> list[tuple[int, int]]:
@@ -168,10 +181,11 @@ class TransportDataModule(L.LightningDataModule):
         return DataLoader(ds, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=0)
 
     def val_dataloader(self):
-        return DataLoader(
-            ValPairs(self.val_sets, self.val_pairs), batch_size=max(self.batch_size, 256),
-            shuffle=False, num_workers=0,
-        )  # fmt: skip
+        from moltune.common.training import ShardSampler
+
+        ds = ValPairs(self.val_sets, self.val_pairs)
+        return DataLoader(ds, batch_size=max(self.batch_size, 256), sampler=ShardSampler(len(ds)),
+                          num_workers=0)  # fmt: skip
 
     def reference_energies(self) -> dict[float, float]:
         """Mean energy (kJ/mol) of the training frames at each temperature."""
@@ -393,13 +407,12 @@ class TransportModule(L.LightningModule):
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self._val = []
-        self._round_trip_done: set[int] = set()
 
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         from moltune.flow.swaps import propose_flow_swap
 
-        x, y, ts, tt, u_x, u_y, q, *key = batch
+        x, y, ts, tt, u_x, u_y, k, q, *key = batch
         for pair in torch.unique(q).tolist():
             m = q == pair
             t_s, t_t = float(ts[m][0]), float(tt[m][0])
@@ -410,25 +423,32 @@ class TransportModule(L.LightningModule):
                 float(beta(t_s)), float(beta(t_t)), u_x[m].double().cpu().numpy(),
                 u_y[m].double().cpu().numpy(),
             )  # fmt: skip
-            if pair not in self._round_trip_done:  # T^-1(T(x)) = x: a test of invertibility
-                self._round_trip_done.add(pair)
-                xr, _ = flow.inverse(prop.y_to_j[:128].to(dtype), t_s, t_t)
-                err = (xr.double() - x[m][:128].double()) ** 2
+            pos = k[m].cpu().numpy()
+            # T^-1(T(x)) = x on the pair's first ROUND_TRIP items: a test of invertibility
+            near = torch.as_tensor(pos < ROUND_TRIP, device=x.device)
+            rmsd = np.zeros(0)
+            if bool(near.any()):
+                xr, _ = flow.inverse(prop.y_to_j[near], t_s, t_t)
+                err = (xr.double() - x[m][near].to(xr.device).double()) ** 2
                 rmsd = err.sum(-1).mean(-1).sqrt().cpu().numpy()
-            else:
-                rmsd = np.zeros(0)
-            self._val.append((pair, t_s, t_t, prop, rmsd))
+            self._val.append((pair, t_s, t_t, {f: getattr(prop, f) for f in PROPOSAL_FIELDS},
+                              pos, rmsd))  # fmt: skip
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
-            return
+        from moltune.common.training import gather
         from moltune.flow.swaps import acceptance_probability, log_acceptance_naive
 
-        per_pair: dict[int, dict[str, list]] = {}
-        for pair, t_s, t_t, prop, rmsd in self._val:
-            d = per_pair.setdefault(pair, {"t": (t_s, t_t), "props": [], "rmsd": []})
-            d["props"].append(prop)
+        per_pair: dict[int, dict] = {}  # every rank's shard; an item seen twice counts once
+        for pair, t_s, t_t, arrays, pos, rmsd in (r for part in gather(self._val) for r in part):
+            d = per_pair.setdefault(pair, {"t": (t_s, t_t), "pos": [], "arrays": [], "rpos": [],
+                                           "rmsd": []})  # fmt: skip
+            d["pos"].append(pos)
+            d["arrays"].append(arrays)
+            d["rpos"].append(pos[pos < ROUND_TRIP])
             d["rmsd"].append(rmsd)
+        self._val = []
+        if not per_pair:
+            return
         summary = {
             k: []
             for k in ("lf", "li", "uf", "ui", "us", "ut", "kts", "ktt", "acc", "nai", "nf", "rmsd")
@@ -436,18 +456,19 @@ class TransportModule(L.LightningModule):
         for pair, d in sorted(per_pair.items()):
             t_s, t_t = d["t"]
             b_s, b_t = float(beta(t_s)), float(beta(t_t))
-            props = d["props"]
-            cat = lambda name, props=props: np.concatenate([getattr(p, name) for p in props])
+            once = _first_of_each(np.concatenate(d["pos"]))
+            cat = lambda name, d=d, once=once: np.concatenate([a[name] for a in d["arrays"]])[once]
             u_x, u_y, u_tx, u_ti = cat("u_x"), cat("u_y"), cat("u_tx"), cat("u_tinv_y")
             ld_f, ld_i, nonfinite = cat("logdet_forward"), cat("logdet_inverse"), cat("nonfinite")
             acc = acceptance_probability(cat("log_alpha")).mean()
             naive = acceptance_probability(log_acceptance_naive(u_x, u_y, b_s, b_t)).mean()
+            rmsd = np.concatenate(d["rmsd"])[_first_of_each(np.concatenate(d["rpos"]))]
             ok = ~nonfinite
             vals = {
                 "lf": np.mean(b_t * u_tx[ok] - ld_f[ok]), "li": np.mean(b_s * u_ti[ok] - ld_i[ok]),
                 "uf": np.mean(u_tx[ok]), "ui": np.mean(u_ti[ok]), "us": np.mean(u_x),
                 "ut": np.mean(u_y), "kts": 1 / b_s, "ktt": 1 / b_t, "acc": acc, "nai": naive,
-                "nf": nonfinite.mean(), "rmsd": np.concatenate(d["rmsd"]).mean(),
+                "nf": nonfinite.mean(), "rmsd": rmsd.mean(),
             }  # fmt: skip
             for k, v in vals.items():
                 summary[k].append(v)
@@ -463,11 +484,11 @@ class TransportModule(L.LightningModule):
             "nai": mn.VAL_ACCEPTANCE_NAIVE, "nf": mn.VAL_NONFINITE_FRACTION,
             "rmsd": mn.VAL_RECONSTRUCTION_RMSD,
         }  # fmt: skip
+        # every rank holds the same gathered figures (sync_dist: Lightning's reduction of them)
         for k, name in names.items():
             self.log(name, float(np.mean(summary[k])), sync_dist=True)
         self.log(mn.VAL_LOSS, float(np.mean(summary["lf"]) + np.mean(summary["li"])),
                  sync_dist=True)  # fmt: skip
-        self._val = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["moltune_step0"] = self.step0

@@ -13,7 +13,7 @@ tests can replay recorded noise; by default it is ``torch.randn`` (optionally wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,20 @@ def gaussian_noise(generator: torch.Generator | None = None) -> NoiseFn:
         out = torch.randn(shape, generator=generator, dtype=torch.float64,
                           device=generator.device)
         return out.to(dtype=like.dtype, device=like.device)
+
+    return draw
+
+
+def item_noise(generators: Sequence[np.random.Generator], sizes: Sequence[int]) -> NoiseFn:
+    """Standard normal draws, sample i's ``sizes[i]`` rows (samples in order) from its own
+    generator: a sample's noise does not depend on the batch or the DDP rank it is in."""
+    sizes = [int(n) for n in sizes]
+
+    def draw(shape: tuple[int, ...], like: Tensor) -> Tensor:
+        if shape[0] != sum(sizes):
+            raise ValueError(f"noise for {shape[0]} rows requested, the samples have {sum(sizes)}")
+        rows = [g.standard_normal((n, *shape[1:])) for g, n in zip(generators, sizes)]
+        return torch.from_numpy(np.concatenate(rows)).to(dtype=like.dtype, device=like.device)
 
     return draw
 

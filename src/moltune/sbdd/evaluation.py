@@ -82,19 +82,21 @@ def pocket_seed(seed: int, index: int) -> int:
 def generate_for_pockets(model, items: Sequence[Mapping[str, Any]], n_samples: int,
                          timesteps: int | None = 100, seed: int = 0,
                          num_atoms: str | int = "reference", batch_size: int = 16,
-                         use_embedding: bool | None = None, progress: bool = False
-                         ) -> list[tuple[str, list[Any]]]:
+                         use_embedding: bool | None = None, progress: bool = False,
+                         indices: Sequence[int] | None = None) -> list[tuple[str, list[Any]]]:
     """Generate ``n_samples`` ligands per complex; returns [(name, [GeneratedLigand])].
 
     ``num_atoms``: "reference" (the complex's own ligand size), "histogram" (the checkpoint's
     size distribution) or an int. The embedding is passed iff the model has a FiLM adapter
-    (override with ``use_embedding``).
+    (override with ``use_embedding``). ``indices``: the complexes' positions in the full set
+    (their seeds; default 0, 1, ...), for a shard of it.
     """
     from moltune.sbdd.generate import generate
 
     use_embedding = model.film is not None if use_embedding is None else use_embedding
     out = []
-    for i, d in enumerate(items):
+    indices = range(len(items)) if indices is None else indices
+    for i, d in zip(indices, items, strict=True):
         if num_atoms == "reference":
             size: Any = len(d["lig_coords"])
         elif num_atoms == "histogram":
@@ -142,14 +144,15 @@ def summarise_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def evaluate_pockets(model, items: Sequence[Mapping[str, Any]], n_samples: int,
                      timesteps: int | None = 100, seed: int = 0,
                      num_atoms: str | int = "reference", batch_size: int = 16,
-                     use_embedding: bool | None = None, progress: bool = False
-                     ) -> dict[str, Any]:
+                     use_embedding: bool | None = None, progress: bool = False,
+                     indices: Sequence[int] | None = None) -> dict[str, Any]:
     """Generate for every pocket and return {"summary", "per_pocket", "rows"}.
 
     ``rows`` carry the pocket name and sample index so paired comparisons are possible.
+    ``indices``: as for :func:`generate_for_pockets`.
     """
     gens = generate_for_pockets(model, items, n_samples, timesteps, seed, num_atoms, batch_size,
-                                use_embedding, progress)
+                                use_embedding, progress, indices)
     all_rows, per_pocket = [], {}
     for name, ligands in gens:
         rows, _ = molecule_rows(ligands)
@@ -213,9 +216,7 @@ class GenerationEvalCallback(Callback):
                                   batch_size=len(self.items))
             return
         self.last_step = step
-        res = evaluate_pockets(pl_module.model, self.items, self.n_samples, self.timesteps,
-                               self.seed, self.num_atoms, self.batch_size)
-        s = res["summary"]
+        s = self.evaluate(pl_module.model)
         values = {k: _finite(s.get(v)) for k, v in LOGGED.items()}
         # QED / SA are undefined without a valid, connected molecule: not logged then (a NaN
         # would read as a numerical failure); validity and connectivity are always defined.
@@ -225,6 +226,19 @@ class GenerationEvalCallback(Callback):
             pl_module.log(k, v, on_step=False, on_epoch=True, batch_size=len(self.items))
         log.info("step %d generation eval: %s", step,
                  ", ".join(f"{k}={v:.3f}" for k, v in values.items()))
+
+    def evaluate(self, model) -> dict[str, Any]:
+        """The summary over every pocket; under DDP each rank generates for its shard and the
+        rows are gathered (pocket seeds follow the position in the set: the one-process figures)."""
+        from moltune.common.training import gather, shard
+
+        mine = shard(len(self.items))
+        rows = []
+        if len(mine):
+            rows = evaluate_pockets(model, [self.items[i] for i in mine], self.n_samples,
+                                    self.timesteps, self.seed, self.num_atoms, self.batch_size,
+                                    indices=mine)["rows"]  # fmt: skip
+        return summarise_rows([r for part in gather(rows) for r in part])
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step, "history": self.history}

@@ -215,6 +215,9 @@ def load_splits(cfg: FinetuneConfig, pdir: Path) -> tuple[list[dict], list[dict]
 
 
 class ComplexDataset(torch.utils.data.Dataset):
+    """Processed complexes; item ``i`` or ``(epoch, i)`` (from the sampler) carries its key
+    ``(epoch, i)``, from which the module draws that item's diffusion noise."""
+
     def __init__(self, items: list[dict]):
         self.items = items
 
@@ -222,13 +225,23 @@ class ComplexDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i) -> dict:
-        return self.items[i[1] if isinstance(i, tuple) else i]  # (epoch, index) from the sampler
+        epoch, i = i if isinstance(i, tuple) else (0, i)
+        return {**self.items[i], "key": (int(epoch), int(i))}
+
+
+def collate(items: list[dict], centre: bool) -> dict[str, torch.Tensor]:
+    """A DiffSBDD-layout batch with ``item_key`` [B, 2]: each item's (epoch, dataset index)."""
+    from moltune.sbdd.evaluation import complex_batch
+
+    batch = complex_batch(items, centre=centre)
+    batch["item_key"] = torch.tensor([d["key"] for d in items], dtype=torch.long)
+    return batch
 
 
 class FinetuneData(pl.LightningDataModule):
     """Training batches (``batch_size`` is the global batch: each DDP rank draws its share of an
-    epoch-seeded permutation, :class:`moltune.common.training.EpochShardSampler`) and the whole
-    validation set (on every rank: identical figures)."""
+    epoch-seeded permutation, :class:`moltune.common.training.EpochShardSampler`) and the
+    validation set (each rank its shard, :class:`moltune.common.training.ShardSampler`)."""
 
     def __init__(self, train: list[dict], val: list[dict], batch_size: int, seed: int,
                  centre: bool):  # fmt: skip
@@ -239,9 +252,7 @@ class FinetuneData(pl.LightningDataModule):
     def _collate(self):
         from functools import partial
 
-        from moltune.sbdd.evaluation import complex_batch
-
-        return partial(complex_batch, centre=self.centre)
+        return partial(collate, centre=self.centre)
 
     def train_dataloader(self):
         from moltune.common.training import EpochShardSampler, world
@@ -258,8 +269,12 @@ class FinetuneData(pl.LightningDataModule):
                                            collate_fn=self._collate())  # fmt: skip
 
     def val_dataloader(self):
-        return torch.utils.data.DataLoader(ComplexDataset(self.val), batch_size=max(1, len(self.val)),
-                                           shuffle=False, collate_fn=self._collate())  # fmt: skip
+        from moltune.common.training import ShardSampler
+
+        sampler = ShardSampler(len(self.val))
+        return torch.utils.data.DataLoader(ComplexDataset(self.val),
+                                           batch_size=max(1, len(sampler)), sampler=sampler,
+                                           collate_fn=self._collate())  # fmt: skip
 
 
 # --------------------------------------------------------------------------- model
@@ -302,9 +317,21 @@ class FinetuneModule(pl.LightningModule):
         # the frozen flags are not in the state dict: reapply them
         self.model.freeze_base(self.cfg.mode == "adapter")
 
+    def item_draws(self, batch, stream: int, lowest: int = 0):
+        """(t_int [B], noise) drawn for each item from (seed, stream, epoch, dataset index)
+        alone, so an item's noise is the same whatever rank or batch draws it."""
+        from moltune.sbdd.diffusion import item_noise
+
+        gens = [np.random.default_rng([self.cfg.seed, stream, e, i])
+                for e, i in batch["item_key"].tolist()]  # fmt: skip
+        t_int = torch.tensor([int(g.integers(lowest, self.model.ddpm.T + 1)) for g in gens],
+                             device=self.device)  # fmt: skip
+        return t_int, item_noise(gens, batch["num_lig_atoms"].tolist())
+
     # -- Lightning
     def training_step(self, batch, batch_idx):
-        out = self.model(batch, embeddings=batch["embeddings"])
+        t_int, noise = self.item_draws(batch, stream=0)
+        out = self.model(batch, embeddings=batch["embeddings"], t_int=t_int, noise=noise)
         b = len(batch["num_lig_atoms"])
         self.log(mn.TRAIN_LOSS, out.loss, on_step=True, on_epoch=False, prog_bar=True,
                  batch_size=b, sync_dist=True)
@@ -313,26 +340,23 @@ class FinetuneModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         # the VLB in eval mode is a large positive number; the l2 training objective is what
         # the val/train ratio monitor must compare against, so use it, with fixed noise.
-        gen = torch.Generator().manual_seed(1234 + batch_idx)
-        from moltune.sbdd.diffusion import gaussian_noise
-
         b = len(batch["num_lig_atoms"])
-        t_int = torch.randint(0, self.model.ddpm.T + 1, (b,), generator=gen).to(self.device)
+        t_int, noise = self.item_draws(batch, stream=1)
+        T = self.model.ddpm.T
         losses = []
         for rep in range(4):
-            t_rep = (t_int + rep * (self.model.ddpm.T // 4)) % (self.model.ddpm.T + 1)
-            out = self.model.ddpm.loss(*self.model.ligand_pocket(batch), t_int=t_rep,
-                                       noise=gaussian_noise(gen),
+            out = self.model.ddpm.loss(*self.model.ligand_pocket(batch),
+                                       t_int=(t_int + rep * (T // 4)) % (T + 1), noise=noise,
                                        film=self.model.film_params(batch["embeddings"], b),
-                                       training=True)
+                                       training=True)  # fmt: skip
             losses.append(out.loss)
         loss = torch.stack(losses).mean()
+        # count-weighted over the ranks' shards: the one-process figure
         self.log(mn.VAL_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=b,
                  sync_dist=True)
         # validation set size, for `moltune runs diagnose` (small-validation finding)
-        # every rank validates the whole set: its own count is the total
         self.log(mn.VAL_N_SAMPLES, float(b), on_step=False, on_epoch=True, reduce_fx="sum",
-                 batch_size=1)
+                 batch_size=1, sync_dist=True)
         return loss
 
     def configure_optimizers(self):
