@@ -44,6 +44,27 @@ def test_epoch_shard_sampler_splits_each_global_batch_between_ranks(monkeypatch)
     assert [k for _, k in other] != single
 
 
+def test_validation_shards_and_gather_between_two_gloo_ranks(gloo_ranks):
+    """Each rank validates its own block (none twice, none left out, in order), and gather
+    hands every rank every rank's results in rank order; one process validates everything."""
+    from moltune.common.training import ShardSampler, gather, world
+
+    assert list(ShardSampler(7)) == list(range(7)) and gather("x") == ["x"]
+
+    def rank(r):
+        assert world() == (r, 2)
+        mine = list(ShardSampler(7))
+        with pytest.raises(InvalidInputError, match="1 validation item"):
+            len(ShardSampler(1))  # one item cannot give both ranks a batch
+        return mine, gather(mine), gather({"rank": r, "n": len(mine)})
+
+    (a, gathered_a, meta_a), (b, gathered_b, meta_b) = gloo_ranks(rank)
+    assert a and b and not set(a) & set(b) and abs(len(a) - len(b)) <= 1
+    assert a + b == list(range(7))
+    assert gathered_a == gathered_b == [a, b]
+    assert meta_a == meta_b == [{"rank": 0, "n": len(a)}, {"rank": 1, "n": len(b)}]
+
+
 def test_check_run_folder_creates_nothing_and_refuses_a_damaged_checkpoint(tmp_path):
     out = tmp_path / "run"
     assert check_run_folder(out, resume=False) is None and not out.exists()

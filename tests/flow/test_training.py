@@ -269,6 +269,42 @@ def test_module_to_float64_moves_every_tensor_a_step_touches(pt_dir):
 
 
 # ----------------------------------------------------------------------------- DDP on the CPU
+def _validate(module, dm):
+    """One validation pass outside a Trainer: what the module logs, and the (pair, position)
+    of every item this process validated."""
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.on_validation_epoch_start()
+    seen = []
+    for i, batch in enumerate(dm.val_dataloader()):
+        module.validation_step(batch, i)
+        seen += [(int(q), int(k)) for q, k in zip(batch[7], batch[6])]
+    module.on_validation_epoch_end()
+    return logged, seen
+
+
+def test_ddp_ranks_validate_their_shards_and_report_the_one_process_figures(pt_dir, gloo_ranks):
+    from moltune.flow.lightning import TransportDataModule, TransportModule
+    from moltune.flow.train import build_flow
+    from moltune.physics.energy import TorchEnergy
+    from moltune.physics.ptdata import load_pt_data
+
+    data = load_pt_data(pt_dir)
+    dm = TransportDataModule(data, None, [(0, 1), (1, 0)], batch_size=8, val_pairs=30,
+                             val_fraction=0.2)  # fmt: skip
+    torch.manual_seed(0)
+    flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
+    flow.representation.fit(np.asarray(data.xyz_nm[0]))
+    module = TransportModule(flow, TorchEnergy.from_topology(data.topology), dm.reference_energies())
+    one, seen = _validate(module, dm)
+    assert len(seen) == 60 and one["val/acceptance_flow"] > 0
+    (ranks0, seen0), (ranks1, seen1) = gloo_ranks(lambda r: _validate(module, dm))
+    assert seen0 and seen1 and not set(seen0) & set(seen1) and seen0 + seen1 == seen
+    assert ranks0 == ranks1 and ranks0.keys() == one.keys()
+    for k, v in one.items():
+        assert ranks0[k] == pytest.approx(v, rel=1e-5, abs=1e-9), k
+
+
 def _launch(args, cwd):
     """``moltune ARGS`` in a fresh process (Lightning's DDP launcher re-runs the command)."""
     import os
