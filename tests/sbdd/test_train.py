@@ -326,10 +326,77 @@ def test_sbdd_train_refuses_bad_input_before_creating_anything(tiny, tmp_path, c
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "last.ckpt"]
 
 
+def _module_and_data(tiny, tmp_path):
+    from moltune.sbdd.train import FinetuneData, FinetuneModule, build_model, load_splits
+
+    cfg = _cfg(tiny, tmp_path / "unused")
+    train_items, val_items = load_splits(cfg, tiny["processed"])
+    module = FinetuneModule(build_model(cfg), cfg)
+    return module, FinetuneData(train_items, val_items, 2, cfg.seed, True), val_items
+
+
+def test_an_items_diffusion_noise_does_not_depend_on_its_batch(tiny, tmp_path):
+    """t and eps of an item come from (seed, stream, epoch, index): the same item alone or
+    beside another gets the same draws and the same loss; another epoch, other draws."""
+    from moltune.sbdd.train import ComplexDataset, collate
+
+    module, data, _ = _module_and_data(tiny, tmp_path)
+    ds = ComplexDataset(data.train)
+    both, alone = collate([ds[(3, 0)], ds[(3, 1)]], True), collate([ds[(3, 1)]], True)
+    assert both["item_key"].tolist() == [[3, 0], [3, 1]]
+    width = 3 + module.model.ddpm.atom_nf
+    n0, n1 = both["num_lig_atoms"].tolist()
+    like = torch.zeros(1, dtype=torch.float64)
+    t_both, eps_both = module.item_draws(both, stream=0)
+    t_alone, eps_alone = module.item_draws(alone, stream=0)
+    assert int(t_both[1]) == int(t_alone[0])
+    np.testing.assert_array_equal(eps_both((n0 + n1, width), like)[n0:],
+                                  eps_alone((n1, width), like))  # fmt: skip
+    losses = []
+    for batch in (both, alone):
+        t, noise = module.item_draws(batch, stream=0)
+        out = module.model.ddpm.loss(*module.model.ligand_pocket(batch), t_int=t, noise=noise,
+                                     film=module.model.film_params(batch["embeddings"],
+                                                                   len(t)), training=True)
+        losses.append(out.nll.detach())
+    assert float(losses[0][1]) == pytest.approx(float(losses[1][0]), rel=1e-5)
+    later = collate([ds[(4, 1)]], True)
+    _, eps_later = module.item_draws(later, stream=0)
+    assert not torch.equal(eps_later((n1, width), like), eps_alone((n1, width), like))
+
+
+def test_ddp_ranks_draw_and_generate_for_their_own_shards(tiny, tmp_path, gloo_ranks):
+    """Two gloo ranks: their training items make up the one-process global batch, each
+    validates and generates for its own validation complex, and the gathered generation
+    figures are the one-process figures (pocket seeds follow the position in the set)."""
+    from moltune.sbdd.evaluation import GenerationEvalCallback
+
+    module, data, val_items = _module_and_data(tiny, tmp_path)
+    evaluator = GenerationEvalCallback(val_items, 1, n_samples=2, timesteps=3, seed=0)
+
+    def seen(r=None):
+        train_keys = [k for b in data.train_dataloader() for k in b["item_key"].tolist()]
+        val_keys = [k for b in data.val_dataloader() for k in b["item_key"].tolist()]
+        return train_keys, val_keys, evaluator.rows(module.model)
+
+    one_train, one_val, one_gen = seen()
+    assert len(one_val) == 2
+    (train0, val0, gen0), (train1, val1, gen1) = gloo_ranks(seen)
+    assert train0 and train1 and not {tuple(k) for k in train0} & {tuple(k) for k in train1}
+    assert sorted(train0 + train1) == sorted(one_train)
+    assert val0 and val1 and val0 + val1 == one_val
+    assert len(one_gen) == 4 and sum(bool(r.get("smiles")) for r in one_gen) >= 2
+    assert [r["pocket"] for r in one_gen] == [d["name"] for d in val_items for _ in range(2)]
+    same = {json.dumps(g, sort_keys=True, default=str) for g in (gen0, gen1, one_gen)}
+    assert len(same) == 1  # the same molecules (SMILES, sizes, validity) in the same order
+
+
 @pytest.mark.slow
-def test_film_adapter_trains_and_resumes_under_ddp(tiny, tmp_path):
-    """``--devices 2 --strategy ddp`` (gloo, two CPU processes): the run completes, rank 0 alone
-    writes the run folder, and it resumes under DDP with the earlier rows kept."""
+def test_film_adapter_under_ddp_trains_like_one_process_and_resumes(tiny, tmp_path):
+    """``--devices 2 --strategy ddp`` (gloo, two CPU processes), each rank one complex of every
+    global batch of 2: the adapter weights, the losses and the validation figures equal those
+    of one process on the same global batch and seed; rank 0 alone writes the run folder, and
+    the run resumes under DDP with the earlier rows kept."""
     import os
     import shutil
     import subprocess
@@ -340,20 +407,36 @@ def test_film_adapter_trains_and_resumes_under_ddp(tiny, tmp_path):
     script = shutil.which("moltune")
     if script is None:
         pytest.skip("the moltune console script is not installed")
-    out = tmp_path / "ddp"
-    cfg = tmp_path / "cfg.yml"
-    cfg.write_text(to_yaml(_cfg(tiny, out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}  # fmt: skip
-    base = [sys.executable, script, "sbdd", "train", "--config", str(cfg), "--accelerator", "cpu",
-            "--devices", "2", "--strategy", "ddp"]  # fmt: skip
-    for extra in ([], ["--max-steps", "6", "--resume"]):
-        r = subprocess.run(base + extra, env=env, capture_output=True, text=True, timeout=900,
-                           check=False, cwd=tmp_path)  # fmt: skip
+
+    def run(name, *flags):
+        cfg = tmp_path / f"{name}.yml"
+        cfg.write_text(to_yaml(_cfg(tiny, tmp_path / name)))
+        r = subprocess.run([sys.executable, script, "sbdd", "train", "--config", str(cfg),
+                            "--accelerator", "cpu", *flags], env=env, capture_output=True,
+                           text=True, timeout=900, check=False, cwd=tmp_path)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
-    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        return tmp_path / name
+
+    one, ddp = run("one", "--devices", "1"), run("ddp", "--devices", "2", "--strategy", "ddp")
+    s1 = torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    s2 = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    film = [k for k in s1 if k.startswith("model.film.")]
+    assert film and any(s1[k].abs().max() > 0 for k in film if k.endswith("weight"))
+    for k in film:
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=1e-7)
+    m1, m2 = pd.read_csv(one / "metrics.csv"), pd.read_csv(ddp / "metrics.csv")
+    for col in ("train/loss", "val/loss", "val/validity", "val/connectivity"):
+        a, b = m1[col].dropna().to_numpy(), m2[col].dropna().to_numpy()
+        assert len(a) == len(b) > 0, col
+        np.testing.assert_allclose(b, a, rtol=1e-4, err_msg=col)
+    # each rank validated its own complex: counted once across the ranks, not once per rank
+    assert m1["val/n_samples"].dropna().tolist() == m2["val/n_samples"].dropna().tolist() == [2, 2]
+    run("ddp", "--devices", "2", "--strategy", "ddp", "--max-steps", "6", "--resume")
+    state = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 6
-    df = pd.read_csv(out / "metrics.csv")
+    df = pd.read_csv(ddp / "metrics.csv")
     assert sorted(df.dropna(subset=["train/loss"])["step"].astype(int)) == list(range(6))
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["global_step"] == 6 and (out / "checkpoints" / "adapter-last.pt").is_file()
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["global_step"] == 6 and (ddp / "checkpoints" / "adapter-last.pt").is_file()

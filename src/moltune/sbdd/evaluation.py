@@ -216,7 +216,7 @@ class GenerationEvalCallback(Callback):
                                   batch_size=len(self.items))
             return
         self.last_step = step
-        s = self.evaluate(pl_module.model)
+        s = summarise_rows(self.rows(pl_module.model))
         values = {k: _finite(s.get(v)) for k, v in LOGGED.items()}
         # QED / SA are undefined without a valid, connected molecule: not logged then (a NaN
         # would read as a numerical failure); validity and connectivity are always defined.
@@ -227,9 +227,10 @@ class GenerationEvalCallback(Callback):
         log.info("step %d generation eval: %s", step,
                  ", ".join(f"{k}={v:.3f}" for k, v in values.items()))
 
-    def evaluate(self, model) -> dict[str, Any]:
-        """The summary over every pocket; under DDP each rank generates for its shard and the
-        rows are gathered (pocket seeds follow the position in the set: the one-process figures)."""
+    def rows(self, model) -> list[dict[str, Any]]:
+        """Every pocket's molecule rows, in pocket order; under DDP each rank generates for its
+        shard and the rows are gathered (pocket seeds follow the position in the set, so these
+        are the one-process rows)."""
         from moltune.common.training import gather, shard
 
         mine = shard(len(self.items))
@@ -238,7 +239,7 @@ class GenerationEvalCallback(Callback):
             rows = evaluate_pockets(model, [self.items[i] for i in mine], self.n_samples,
                                     self.timesteps, self.seed, self.num_atoms, self.batch_size,
                                     indices=mine)["rows"]  # fmt: skip
-        return summarise_rows([r for part in gather(rows) for r in part])
+        return [r for part in gather(rows) for r in part]
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_step": self.last_step, "history": self.history}
