@@ -348,6 +348,15 @@ def test_ddp_two_processes_train_like_one_on_the_global_batch_and_resume(pt_dir,
     first = pd.read_csv(tmp_path / "one/metrics.csv")["train/loss"].dropna().to_numpy()
     both = pd.read_csv(tmp_path / "ddp/metrics.csv")["train/loss"].dropna().to_numpy()
     np.testing.assert_allclose(both, first, rtol=1e-4)  # rank-mean of the halves = global mean
+    # each rank validated half the pairs; the figures are those of the whole set
+    v1, v2 = pd.read_csv(tmp_path / "one/metrics.csv"), pd.read_csv(tmp_path / "ddp/metrics.csv")
+    val = [c for c in v1.columns if c.startswith("val/")]
+    assert "val/acceptance_flow" in val and set(val) <= set(v2.columns)
+    for c in val:
+        a, b = v1[c].dropna().to_numpy(), v2[c].dropna().to_numpy()
+        assert len(a) == len(b) > 0, c
+        # atol: the round-trip RMSD is float32 roundoff (~1e-7 nm), batch-size dependent
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=c)
     # the DDP run resumes under DDP; the earlier rows stay in metrics.csv
     _launch(base + ["--devices", "2", "--strategy", "ddp", "--steps", "6", "--resume",
                     "--out", "ddp"], tmp_path)  # fmt: skip
