@@ -188,6 +188,8 @@ def test_no_preset_or_default_names_a_machine_folder():
 
     from moltune.flow.multi_peptide import MultiTrainConfig
     from moltune.flow.train import TrainConfig
+    from moltune.sbdd.standin import StandinConfig
+    from moltune.sbdd.train import FinetuneConfig
 
     def strings(obj):
         if isinstance(obj, dict):
@@ -204,8 +206,8 @@ def test_no_preset_or_default_names_a_machine_folder():
     assert len(files) >= 9
     for f in files:
         text = f.read_text()
-        found = [s for s in strings(yaml.safe_load(text)) if s.startswith(("/", "~"))]
-        assert not found and "/work/" not in text, (f.name, found)
-    for cfg in (TrainConfig(), MultiTrainConfig()):
-        found = [s for s in strings(dataclasses.asdict(cfg)) if s.startswith(("/", "~"))]
+        found = [s for s in strings(yaml.safe_load(text)) if s.startswith(("/", "~", ".."))]
+        assert not found and "/work/" not in text and "../" not in text, (f.name, found)
+    for cfg in (TrainConfig(), MultiTrainConfig(), StandinConfig(), FinetuneConfig()):
+        found = [s for s in strings(dataclasses.asdict(cfg)) if s.startswith(("/", "~", ".."))]
         assert not found, found

@@ -139,3 +139,25 @@ def test_multi_pocket_preset_is_the_standin_recipe_warm_started():
     assert differ <= {"complexes", "init", "steps", "x0_every"}
     assert one["complexes"] == ["3rfm"] and set(multi["complexes"]) == {"3rfm", "1uw6", "1w1p"}
     assert one["init"] == "scratch" and multi["init"].endswith("standin.ckpt")
+
+
+def test_standin_presets_name_their_complexes_under_the_data_root(tmp_path, monkeypatch, capsys):
+    """The presets name ``complexes`` under ``--data-root`` / $MOLTUNE_DATA; without the data
+    the command stops with one line saying what to put there, creating nothing."""
+    from moltune.cli.main import main
+    from moltune.common.config import load_config
+    from moltune.sbdd.data import sbdd_data
+    from moltune.sbdd.standin import StandinConfig
+
+    for preset in ("sbdd_standin", "sbdd_standin_multi"):
+        cfg = load_config(StandinConfig, preset, data_root=str(SHARED / "data"))
+        assert sbdd_data(cfg.data, cfg.data_root) == SHARED / "data" / "complexes"
+    monkeypatch.setenv("MOLTUNE_DATA", str(SHARED / "data"))
+    assert sbdd_data(load_config(StandinConfig, "sbdd_standin").data) == COMPLEXES
+    out = tmp_path / "run"
+    rc = main(["sbdd", "standin", "--preset", "sbdd_standin", "--data-root", str(tmp_path),
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert str(tmp_path / "complexes") in err and "moltune sbdd process" in err
+    assert not out.exists()

@@ -20,12 +20,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from moltune.common.training import add_trainer_arguments, trainer_overrides
+from moltune.common.training import add_data_root_argument, add_trainer_arguments, trainer_overrides
 
 
 def _add_data_root(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-root", help="folder the preset's data folders are named in "
-                   "(default $MOLTUNE_DATA, else ./data)")  # fmt: skip
+    add_data_root_argument(p)
     p.add_argument("--simulate-missing", action="store_true",
                    help="run the `moltune pt simulate` commands that make missing data folders")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from moltune.common.training import add_trainer_arguments, trainer_overrides
+from moltune.common.training import add_data_root_argument, add_trainer_arguments, trainer_overrides
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--preset", help="preset name (e.g. sbdd_film_adapter)")
     t.add_argument("--checkpoint", help="pretrained DiffSBDD checkpoint (overrides the config)")
     t.add_argument("--data", help="processed folder (overrides data.processed)")
+    add_data_root_argument(t)
     t.add_argument("--out", help="run folder (overrides out)")
     t.add_argument("--max-steps", type=int, help="overrides max_steps")
     t.add_argument("--lr", type=float, help="overrides optim.lr")
@@ -72,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "eval.json (validity/connectivity on its training pockets), report.md and plots.",
     )
     s.add_argument("--data", help="raw complexes or a processed folder (default: the preset's)")
+    add_data_root_argument(s)
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--preset", default="sbdd_standin", help="preset (default sbdd_standin)")
     s.add_argument("--steps", type=int, help="overrides steps")
@@ -92,6 +94,8 @@ def _train(args: argparse.Namespace) -> int:
     over: dict = {}
     if args.data:
         over["data"] = {"processed": args.data}
+    if args.data_root:
+        over["data"] = {**over.get("data", {}), "root": args.data_root}
     if args.lr is not None:
         over["optim"] = {"lr": args.lr}
     if args.no_progress:
@@ -128,8 +132,9 @@ def _standin(args: argparse.Namespace) -> int:
     from moltune.common.config import load_config
     from moltune.sbdd.standin import StandinConfig, train_standin
 
-    cfg = load_config(StandinConfig, args.preset, data=args.data, out=args.out, steps=args.steps,
-                      init=args.init, trainer=trainer_overrides(args))
+    cfg = load_config(StandinConfig, args.preset, data=args.data, data_root=args.data_root,
+                      out=args.out, steps=args.steps, init=args.init,
+                      trainer=trainer_overrides(args))  # fmt: skip
     res = train_standin(cfg, progress=not args.no_progress)
     if "rank" in res:  # a DDP rank other than 0 reports nothing
         return 0

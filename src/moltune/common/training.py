@@ -114,6 +114,12 @@ def add_trainer_arguments(p) -> None:
                    help="extra logger beside metrics.csv (repeatable)")  # fmt: skip
 
 
+def add_data_root_argument(p) -> None:
+    """``--data-root``: the folder a preset's data folders are named in."""
+    p.add_argument("--data-root", help="folder the preset's data folders are named in "
+                   f"(default ${DATA_ROOT_ENV}, else ./{DEFAULT_DATA_ROOT})")  # fmt: skip
+
+
 def trainer_overrides(args) -> dict[str, Any] | None:
     """The ``trainer`` section overrides from the flags of :func:`add_trainer_arguments`."""
     devices = getattr(args, "devices", None)

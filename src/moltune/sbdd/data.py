@@ -555,6 +555,21 @@ def _stack_split(items: Sequence[ProcessedComplex]) -> dict[str, np.ndarray]:
     }
 
 
+def sbdd_data(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """A folder of complexes or a processed folder as a preset or flag names it: relative
+    names under the data root (``moltune.common.training.resolve_data``). A missing folder is
+    refused with what to put there."""
+    from moltune.common.training import resolve_data
+
+    p = Path(resolve_data(path, root))
+    if not p.exists():
+        raise InputFileError(f"SBDD data not found: {p}; put complexes there (ID/protein.pdb + "
+                             f"ID/ligand.sdf), or make a processed folder with `moltune sbdd "
+                             f"process --data COMPLEXES --out {p}`, or pass --data-root DIR "
+                             "or --data DIR")  # fmt: skip
+    return p
+
+
 def process_complexes(
     src_dir: str | os.PathLike,
     out_dir: str | os.PathLike,

@@ -73,7 +73,8 @@ HISTOGRAM_SHAPE = (107, 1671)
 class StandinConfig:
     """Stand-in training (defaults: the ``sbdd_standin`` preset's choices)."""
 
-    data: str = "../shared/data/complexes"  # raw complexes, or a processed folder (train.npz)
+    data: str = "complexes"  # raw complexes, or a processed folder (train.npz), under data_root
+    data_root: str | None = None  # default $MOLTUNE_DATA, else ./data
     out: str = "runs/sbdd/standin"
     splits: list[str] = field(default_factory=lambda: ["train", "val"])  # complexes to memorise
     complexes: list[str] = field(default_factory=list)  # restrict to these ids (empty: all)
@@ -359,8 +360,9 @@ def train_standin(cfg: StandinConfig, resume: bool = True, progress: bool = True
     check_positive(lr=cfg.lr, grad_clip=cfg.grad_clip, t_power=cfg.t_power)
     if not (0 <= cfg.ema_decay < 1):
         raise InvalidInputError(f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    if not Path(cfg.data).exists():
-        raise InvalidInputError(f"stand-in data {cfg.data} does not exist")
+    from moltune.sbdd.data import sbdd_data
+
+    cfg = dataclasses.replace(cfg, data=str(sbdd_data(cfg.data, cfg.data_root)))
     check_trainer_config(cfg.trainer)
     last = run_last = Path(cfg.out) / "checkpoints" / "last.ckpt"
     last = check_run_folder(cfg.out, resume=resume and run_last.exists())

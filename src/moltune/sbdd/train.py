@@ -44,6 +44,7 @@ class DataConfig:
 
     processed: str = ""  # a folder written by `moltune sbdd process` (train.npz, val.npz, ...)
     complexes: str = ""  # or raw complexes (<id>/protein.pdb + ligand.sdf): processed into RUN/data
+    root: str | None = None  # data root the two are named in (default $MOLTUNE_DATA, else ./data)
     embedding: str = "deterministic"  # provider when processing raw complexes
     val_fraction: float = 0.2
     train_subset: list[str] = field(default_factory=list)  # keep only these training complexes
@@ -159,16 +160,31 @@ class FinetuneConfig:
                                     f"got {o.warmup_steps!r}")  # fmt: skip
         if self.data.processed and not (Path(self.data.processed) / "train.npz").is_file():
             raise InvalidInputError(f"{self.data.processed} is not a processed folder (no "
-                                    "train.npz); run `moltune sbdd process` or set "
-                                    "data.complexes")  # fmt: skip
-        if not self.data.processed and not Path(self.data.complexes).is_dir():
-            raise InvalidInputError(f"data.complexes {self.data.complexes} is not a folder")
+                                    "train.npz); make it with `moltune sbdd process --data "
+                                    f"COMPLEXES --out {self.data.processed}`, set data.complexes "
+                                    "or pass --data-root DIR")  # fmt: skip
+        if not self.data.processed:
+            from moltune.sbdd.data import sbdd_data
+
+            sbdd_data(self.data.complexes)
         if not Path(self.checkpoint).is_file():
             raise InvalidInputError(f"pretrained checkpoint {self.checkpoint} not found")
         check_trainer_config(self.trainer)
 
 
 # --------------------------------------------------------------------------- data
+def resolve_data_paths(cfg: FinetuneConfig) -> FinetuneConfig:
+    """``data.processed`` / ``data.complexes`` as named under the data root (``data.root``)."""
+    import dataclasses
+
+    from moltune.common.training import resolve_data
+
+    d = cfg.data
+    named = {k: resolve_data(getattr(d, k), d.root) for k in ("processed", "complexes")
+             if getattr(d, k)}  # fmt: skip
+    return dataclasses.replace(cfg, data=dataclasses.replace(d, **named))
+
+
 def resolve_processed(cfg: FinetuneConfig, run_dir: Path) -> Path:
     """The processed folder (processing raw complexes into RUN/data when needed)."""
     d = cfg.data
@@ -540,6 +556,7 @@ def train(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     from moltune.sbdd.evaluation import GenerationEvalCallback
     from moltune.validation.monitors import GuardedModelCheckpoint, default_monitors, read_stopped
 
+    cfg = resolve_data_paths(cfg)
     cfg.validate()
     last_ckpt = check_run_folder(cfg.out, resume)
     if cfg.threads:
