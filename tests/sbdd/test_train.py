@@ -326,6 +326,30 @@ def test_sbdd_train_refuses_bad_input_before_creating_anything(tiny, tmp_path, c
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "last.ckpt"]
 
 
+def test_wandb_logged_run_is_kept_offline_and_read_back_by_runs_diagnose(tiny, tmp_path, capsys):
+    """``--logger wandb``: an offline W&B run under RUN/wandb beside metrics.csv (always
+    written), which is what ``runs diagnose`` reads (W&B's own .wandb file is binary)."""
+    pytest.importorskip("wandb")
+    from moltune.cli.main import main
+    from moltune.common.config import to_yaml
+
+    out = tmp_path / "wb"
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(to_yaml(_cfg(tiny, out)))
+    assert main(["sbdd", "train", "--config", str(cfg), "--logger", "wandb"]) == 0
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, runs
+    history = list(runs[0].glob("run-*.wandb"))
+    assert len(history) == 1 and history[0].stat().st_size > 0
+    capsys.readouterr()
+    assert main(["runs", "diagnose", str(out), "--out", str(tmp_path / "diag")]) == 0
+    found = {f["id"]: f for f in json.loads((tmp_path / "diag" / "diagnosis.json").read_text())}
+    # read from the run's logged figures: 2 validation complexes, 2 evaluations in 4 steps
+    assert found["small_validation"]["evidence"] == {"n_validation_samples": 2.0,
+                                                     "source": "val/n_samples"}  # fmt: skip
+    assert found["short_run"]["evidence"]["evaluations"] == 2
+
+
 def _module_and_data(tiny, tmp_path):
     from moltune.sbdd.train import FinetuneData, FinetuneModule, build_model, load_splits
 
