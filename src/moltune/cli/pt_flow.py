@@ -148,15 +148,11 @@ def _simulate_missing(missing, simulate: bool) -> int:
 
 
 def _train_transfer(args: argparse.Namespace) -> int:
-    from moltune.common.config import load_config, merge
+    import json
+
     from moltune.common.errors import InvalidInputError
-    from moltune.common.training import check_run_folder, missing_data
-    from moltune.flow.multi_peptide import (
-        MultiTrainConfig,
-        check_multi_config,
-        peptide_folders,
-        train_multi,
-    )  # fmt: skip
+    from moltune.common.training import check_run_folder, is_rank_zero, missing_data
+    from moltune.flow.train import check_config, data_folders, load_train_config, train
 
     peptides = None
     if args.peptide:
@@ -165,26 +161,28 @@ def _train_transfer(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise InvalidInputError(f"--peptide expects NAME=TRAIN_DIR[,TEST_DIR], got {item!r}")
             name, dirs = item.split("=", 1)
-            train, _, test = dirs.partition(",")
-            peptides[name] = {"train_dir": _absolute(train), "test_dir": _absolute(test)}
-    cfg = load_config(
-        MultiTrainConfig, args.preset, init=args.init, steps=args.steps,
+            train_dir, _, test = dirs.partition(",")
+            peptides[name] = {"train_dir": _absolute(train_dir), "test_dir": _absolute(test)}
+    cfg = load_train_config(
+        args.preset, init=args.init, steps=args.steps,
         max_minutes=args.max_minutes, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup_steps, val_every_steps=args.val_every_steps, seed=args.seed,
-        data_root=args.data_root, trainer=trainer_overrides(args),
+        data={"root": args.data_root} if args.data_root else None,
+        trainer=trainer_overrides(args),
     )  # fmt: skip
     if peptides is not None:
-        cfg = dataclasses.replace(cfg, peptides=peptides)
-    cfg = merge(cfg, {})
-    check_multi_config(cfg)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, peptides=peptides,
+                                                                train_dir=None, test_dir=None))
+    check_config(cfg)
     check_run_folder(args.out, args.resume)
-    rc = _simulate_missing(missing_data(peptide_folders(cfg), cfg.simulate, cfg.data_root),
+    rc = _simulate_missing(missing_data(data_folders(cfg), cfg.data.simulate, cfg.data.root),
                            args.simulate_missing)  # fmt: skip
     if rc:
         return rc
-    s = train_multi(cfg, args.out, progress=not args.no_progress, resume=args.resume)
-    if s is None:  # a DDP rank other than 0
+    run = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    if not is_rank_zero():
         return 0
+    s = json.loads((run / "train_summary.json").read_text())
     print(f"{args.out}: {s['steps']} steps in {s['minutes']:.1f} min; validation acceptance "
           f"{s['start']['val/acceptance_flow']:.3f} -> best {s['best_val_acceptance_flow']:.3f} "
           f"(naive {s['start']['val/acceptance_naive']:.3f})")  # fmt: skip
@@ -216,8 +214,7 @@ def _pair_from_temperatures(data_dir: str, t_source: float | None, t_target: flo
 def train_config(args: argparse.Namespace):
     """The resolved TrainConfig of ``pt train`` / ``train-molecular`` (defaults <- preset <-
     flags), checked: nothing is created."""
-    from moltune.common.config import load_config
-    from moltune.flow.train import TrainConfig, check_config
+    from moltune.flow.train import check_config, load_train_config
 
     flow = {k: v for k, v in (("name", args.flow), ("representation", args.representation)) if v}
     test = getattr(args, "test_data", None)
@@ -233,7 +230,7 @@ def train_config(args: argparse.Namespace):
         "max_minutes": args.max_minutes, "seed": args.seed, "threads": args.threads,
         "flow": flow or None, "data": data or None, "trainer": trainer_overrides(args),
     }  # fmt: skip
-    cfg = load_config(TrainConfig, args.preset, **overrides)
+    cfg = load_train_config(args.preset, **overrides)
     # an explicit limit replaces the preset's other count limit (time still applies)
     if args.epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=args.epochs, steps=None)
@@ -251,14 +248,13 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = train_config(args)
     check_run_folder(args.out, args.resume)
-    train_dirs, test_dir = data_folders(cfg)
-    missing = missing_data(train_dirs + ([test_dir] if test_dir else []), cfg.data.simulate,
-                           cfg.data.root)  # fmt: skip
-    rc = _simulate_missing(missing, args.simulate_missing)
+    folders = data_folders(cfg)
+    rc = _simulate_missing(missing_data(folders, cfg.data.simulate, cfg.data.root),
+                           args.simulate_missing)  # fmt: skip
     if rc:
         return rc
     pair = _pair_from_temperatures(
-        train_dirs[0], getattr(args, "source_temp", None), getattr(args, "target_temp", None)
+        folders[0], getattr(args, "source_temp", None), getattr(args, "target_temp", None)
     )
     if pair is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pairs=pair))

@@ -70,22 +70,26 @@ def _pdb_text(topology, positions_nm) -> str:
     return buf.getvalue()
 
 
-def flow_metadata(cfg, train_data, pairs) -> dict[str, Any]:
-    """Plain-data description of a run (goes into every checkpoint)."""
+def flow_metadata(cfg, train_data, pairs, peptides: list[str] | None = None) -> dict[str, Any]:
+    """Plain-data description of a run (goes into every checkpoint): ``train_data`` and the
+    topology are the first peptide's; ``peptides`` names every peptide the run trains."""
     t = [float(v) for v in train_data.temperatures_K]
+    several = f" ({'+'.join(peptides)})" if peptides and len(peptides) > 1 else ""
     return {
         "format": FORMAT,
         "flow": cfg.flow.name,
-        "name": f"{cfg.flow.name}/{cfg.flow.representation}",
+        "name": f"{cfg.flow.name}/{cfg.flow.representation}{several}",
         "flow_config": dataclasses.asdict(cfg.flow),
         "config": dataclasses.asdict(cfg),
         "topology_pdb": _pdb_text(train_data.topology, train_data.xyz_nm[0][0]),
         "temperatures_K": t,
         "pairs": [list(map(int, p)) for p in pairs],
         "pair": list(map(int, pairs[0])),
-        "train_data": str(cfg.data.train_dir),
+        "train_data": str(cfg.data.peptides or cfg.data.train_dir),
         "test_data": str(cfg.data.test_dir) if cfg.data.test_dir else None,
         "solvent": cfg.solvent,
+        "peptides": list(peptides) if peptides else None,
+        "torsion_origin": cfg.torsion_origin,
     }
 
 

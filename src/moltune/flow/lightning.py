@@ -1,10 +1,11 @@
-"""Lightning wrappers for transport-flow training: a passive module and a data module.
+"""Lightning pieces of transport-flow training: the passive module and the pair datasets.
 
-:class:`TransportDataModule` serves pairs (x at T_i, y at T_j) for the configured temperature
-pairs of a replica-exchange data set (``moltune.physics.ptdata.load_pt_data``). One *epoch* is
-one pass over every source frame of every pair (each with an independently drawn target frame).
-Validation uses fixed, index-aligned pairs from a held-out data set (or a held-out tail); under
-DDP each rank validates its shard and the figures are computed from every rank's items.
+:class:`TrainPairs` serves pairs (x at T_i, y at T_j) for the configured temperature pairs of a
+replica-exchange data set (``moltune.physics.ptdata.load_pt_data``); one pass is every source
+frame of every pair (each with an independently drawn target frame). :class:`ValPairs` holds
+fixed, index-aligned pairs from a held-out data set (or a held-out tail); under DDP each rank
+validates its shard and the figures are computed from every rank's items. The data module over
+a run's peptides is ``moltune.flow.peptides.TransportDataModule``.
 
 :class:`TransportModule` holds the flow and computes the losses of ``moltune.flow.losses``;
 optimisation is manual so that steps with non-finite losses or gradients are skipped and
@@ -16,7 +17,7 @@ are buffers, so ``.to(device)`` moves them and every tensor a step makes is made
 device. Training items are drawn by :class:`moltune.common.training.EpochShardSampler` (each DDP
 rank its own epoch-seeded shard; every target frame a function of (seed, epoch, item)).
 
-Several systems (``moltune.flow.multi_peptide``: peptides sharing one core) use the same module:
+Several systems (``moltune.flow.peptides``: peptides sharing one core) use the same module:
 a subclass overrides :meth:`TransportModule.system`, training batches carry a fifth item (the
 system's index) and validation batches a ninth; ``pair_tags`` names each validation pair.
 """
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from moltune.flow.losses import transport_terms
 from moltune.physics.units import beta
@@ -119,81 +120,6 @@ def make_pairs(data, pairs: list[tuple[int, int]], frames: slice = slice(None)) 
             )
         )
     return out
-
-
-class TransportDataModule(L.LightningDataModule):
-    """Training pairs from ``train_data`` and validation pairs from ``val_data`` (PTData objects).
-
-    Without ``val_data`` the last ``val_fraction`` of every temperature's frames is held out.
-    ``pairs`` are index pairs into the data's temperature ladder (default: neighbours).
-    """
-
-    def __init__(
-        self,
-        train_data,
-        val_data=None,
-        pairs: list[tuple[int, int]] | None = None,
-        batch_size: int = 128,
-        val_pairs: int = 2000,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-    ):
-        super().__init__()
-        self.pairs = pairs or neighbour_pairs(len(train_data.temperatures_K))
-        self.val_from_tail, self.val_fraction = val_data is None, val_fraction
-        if val_data is None:
-            n = min(len(f) for f in train_data.xyz_nm)
-            cut = round(n * (1 - val_fraction))
-            self.train_sets = make_pairs(train_data, self.pairs, slice(0, cut))
-            self.val_sets = make_pairs(train_data, self.pairs, slice(cut, None))
-        else:
-            self.train_sets = make_pairs(train_data, self.pairs)
-            self.val_sets = make_pairs(val_data, self.pairs)
-        self.batch_size = batch_size
-        self.val_pairs = val_pairs
-        self.seed = seed
-
-    reload = None  # optional callable returning fresh training data (a PT run still growing)
-
-    def train_dataloader(self):
-        if self.reload is not None and self.trainer is not None and self.trainer.current_epoch > 0:
-            data = self.reload()
-            if self.val_from_tail:
-                n = min(len(f) for f in data.xyz_nm)
-                self.train_sets = make_pairs(
-                    data, self.pairs, slice(0, round(n * (1 - self.val_fraction)))
-                )
-            else:
-                self.train_sets = make_pairs(data, self.pairs)
-        from moltune.common.errors import InvalidInputError
-        from moltune.common.training import EpochShardSampler, world
-
-        ds = TrainPairs(self.train_sets, self.seed)
-        size = world()[1]
-        if self.batch_size % size:
-            raise InvalidInputError(f"batch size {self.batch_size} is not divisible by the "
-                                    f"{size} processes (the batch is global)")  # fmt: skip
-        per_rank = self.batch_size // size
-        if len(ds) < self.batch_size:
-            raise InvalidInputError(f"{len(ds)} training pairs are fewer than one batch of "
-                                    f"{self.batch_size}")  # fmt: skip
-        sampler = EpochShardSampler(len(ds), self.seed, shuffle=True, per_rank_batch=per_rank)
-        return DataLoader(ds, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=0)
-
-    def val_dataloader(self):
-        from moltune.common.training import ShardSampler
-
-        ds = ValPairs(self.val_sets, self.val_pairs)
-        return DataLoader(ds, batch_size=max(self.batch_size, 256), sampler=ShardSampler(len(ds)),
-                          num_workers=0)  # fmt: skip
-
-    def reference_energies(self) -> dict[float, float]:
-        """Mean energy (kJ/mol) of the training frames at each temperature."""
-        ref: dict[float, list] = {}
-        for p in self.train_sets:
-            ref.setdefault(p.t_source_K, []).append(p.u_x)
-            ref.setdefault(p.t_target_K, []).append(p.u_y)
-        return {t: float(np.mean(np.concatenate(v))) for t, v in ref.items()}
 
 
 class Unsaved(torch.nn.Module):

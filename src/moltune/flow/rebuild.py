@@ -28,7 +28,7 @@ def run_flow_factory(spec: str):
     """``flow_factory`` for ``moltune.flow.transfer.transfer_table`` from ``--flow``: ``identity`` or a run whose
     flow is rebuilt for the peptide at hand (same config, its weights) and its coordinate
     standardisation refitted on that peptide's frames (torsions at origin 0 when the run was
-    trained so, ``moltune.flow.multi_peptide.fit_representation``); weights shaped for another
+    trained so, ``moltune.flow.peptides.fit_representation``); weights shaped for another
     molecule (a per-atom layer of another size) raise an error naming them."""
     if spec == "identity":
         from moltune.flow.models import IdentityFlow
@@ -48,7 +48,7 @@ def run_flow_factory(spec: str):
             raise UserError(f"the flow in {ckpt} is not transferable to this molecule: weights "
                             f"{bad[:3]} have molecule-specific shapes")  # fmt: skip
         flow.load_state_dict(keep, strict=False)
-        from moltune.flow.multi_peptide import fit_representation
+        from moltune.flow.peptides import fit_representation
 
         fit_representation(flow.representation, np.concatenate(list(xyz_by_temperature)),
                            meta.get("torsion_origin", "fitted"))  # fmt: skip
