@@ -186,7 +186,6 @@ def test_no_preset_or_default_names_a_machine_folder():
 
     import yaml
 
-    from moltune.flow.multi_peptide import MultiTrainConfig
     from moltune.flow.train import TrainConfig
     from moltune.sbdd.standin import StandinConfig
     from moltune.sbdd.train import FinetuneConfig
@@ -208,6 +207,6 @@ def test_no_preset_or_default_names_a_machine_folder():
         text = f.read_text()
         found = [s for s in strings(yaml.safe_load(text)) if s.startswith(("/", "~", ".."))]
         assert not found and "/work/" not in text and "../" not in text, (f.name, found)
-    for cfg in (TrainConfig(), MultiTrainConfig(), StandinConfig(), FinetuneConfig()):
+    for cfg in (TrainConfig(), StandinConfig(), FinetuneConfig()):
         found = [s for s in strings(dataclasses.asdict(cfg)) if s.startswith(("/", "~", ".."))]
         assert not found, found

@@ -111,6 +111,78 @@ def test_presets_resolve():
     assert ladder.data.pairs == [[0, 1], [1, 2], [2, 3]]
 
 
+def test_flat_multi_peptide_presets_still_load():
+    """The flat layout of earlier ``pt train-transfer`` presets (and run folders' config.yaml)
+    reads as the shipped nested preset, with that layout's old defaults where it is silent."""
+    import tempfile
+    from pathlib import Path
+
+    from moltune.flow.train import load_train_config
+
+    flat = ("flow: {name: tarflow, representation: internal, n_blocks: 2, d_model: 32, "
+            "n_layers: 1, n_heads: 4, mlp_ratio: 2, scale_bound: 1.0, per_coordinate: false}\n"
+            "peptides:\n  AA: {train_dir: aa_pt_train, test_dir: aa_pt_test}\n"
+            "  AK: {train_dir: transfer/AK}\n  AS: {train_dir: transfer/AS}\n"
+            "simulate:\n  aa_pt_train: '--peptide AA --time-ns 2 --save-interval-ps 0.5 --seed 1'\n"
+            "  aa_pt_test: '--peptide AA --time-ns 1 --save-interval-ps 0.5 --seed 2'\n"
+            "  transfer/AK: '--peptide AK --time-ns 0.2 --save-interval-ps 0.1 --seed 1'\n"
+            "  transfer/AS: '--peptide AS --time-ns 0.2 --save-interval-ps 0.1 --seed 1'\n"
+            "pairs: [[0, 1], [1, 2], [2, 3]]\nval_pairs: 200\nbatch_size: 128\nlr: 0.002\n"
+            "warmup_steps: 50\nsteps: 1500\nmax_minutes: 28\nval_every_steps: 100\n"
+            "threads: 1\ntorsion_origin: zero\n")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "flat.yml"
+        path.write_text(flat)
+        old = load_train_config(path)
+        path.write_text("peptides: {SK: {train_dir: sk}}\ndata_root: somewhere\n")
+        silent = load_train_config(path)
+    assert old == load_train_config("transfer_aa_ak_as")
+    assert list(old.data.peptides) == ["AA", "AK", "AS"] and old.data.train_dir is None
+    assert (silent.data.root, silent.data.val_pairs, silent.steps, silent.top_k) == (
+        "somewhere", 200, 2000, 1)
+    assert silent.torsion_origin == "zero" and silent.flow.per_coordinate is False
+
+
+def test_one_and_two_peptides_train_through_the_same_path(pt_dir, odd_dirs, tmp_path):
+    """One peptide is the list of one: the same ``train`` writes both runs, with the same
+    checkpoint layout; the two-peptide run adds per-peptide metrics and round-robin batches."""
+    flow = FlowConfig(n_blocks=1, d_model=16, n_heads=2, per_coordinate=False)
+    one = _cfg(pt_dir, flow=flow, batch_size=8, steps=4, val_every_steps=2)
+    two = dataclasses.replace(one, data=DataConfig(
+        peptides={"AA": {"train_dir": str(pt_dir)}, "AS": {"train_dir": str(odd_dirs / "as")}},
+        val_pairs=32, val_fraction=0.2))  # fmt: skip
+    m = {}
+    for name, cfg in (("one", one), ("two", two)):
+        train(cfg, tmp_path / name)
+        m[name] = pd.read_csv(tmp_path / name / "metrics.csv")
+    s1 = pd.read_json(tmp_path / "one" / "train_summary.json", typ="series")
+    s2 = pd.read_json(tmp_path / "two" / "train_summary.json", typ="series")
+    assert s1["peptides"] == ["AA"] and s2["peptides"] == ["AA", "AS"]
+    assert s1["steps"] == s2["steps"] == 4
+    # one peptide keeps its metric names; two get per-peptide ones and alternate batches
+    assert "train/peptide" not in m["one"] and not any("_AA_" in c for c in m["one"])
+    assert m["two"]["train/peptide"].dropna().tolist() == [0, 1, 0, 1]
+    v1 = m["one"].dropna(subset=["val/acceptance_flow"])
+    v2 = m["two"].dropna(subset=["val/acceptance_flow"])
+    assert v1["step"].tolist() == v2["step"].tolist() == [0, 2, 4]
+    aa, as_ = v2["val/acceptance_flow_AA_300_450"], v2["val/acceptance_flow_AS_300_450"]
+    assert aa.between(0, 1).all() and as_.between(0, 1).all() and (aa != as_).all()
+    np.testing.assert_allclose(v2["val/acceptance_flow"], (aa + as_) / 2, rtol=1e-6)
+    # step 0: the same starting flow on the same held-out AA frames in both runs
+    assert aa.iloc[0] == pytest.approx(v1["val/acceptance_flow"].iloc[0], abs=1e-7)
+    assert aa.iloc[0] == pytest.approx(v1["val/acceptance_naive"].iloc[0], abs=1e-3)
+    # the same checkpoint layout: load_flow reads the first peptide's flow from either
+    states = [torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=True)
+              for n in ("one", "two")]  # fmt: skip
+    assert {k: v.shape for k, v in states[0]["state_dict"].items()} == {
+        k: v.shape for k, v in states[1]["state_dict"].items()}
+    assert set(states[1]["peptide_representations"]) == {"AA", "AS"}
+    for n in ("one", "two"):
+        f, info = load_flow(tmp_path / n)
+        assert info["peptides"] == (["AA"] if n == "one" else ["AA", "AS"])
+        assert f.representation.n_tokens == 23  # AA's atoms
+
+
 def test_cli_flags_and_alias(pt_dir, tmp_path):
     from moltune.cli.main import build_parser
 
@@ -225,21 +297,30 @@ class _Float32Spy(torch.overrides.TorchFunctionMode):
 
 
 def _module_and_batches(pt_dir):
-    from moltune.flow.lightning import TransportDataModule, TransportModule
+    from moltune.flow.lightning import TransportModule
+    from moltune.flow.peptides import (
+        PeptideSet,
+        TransportDataModule,
+        reference_energies,
+        split_pairs,
+    )  # fmt: skip
     from moltune.flow.train import build_flow
     from moltune.physics.energy import TorchEnergy
     from moltune.physics.ptdata import load_pt_data
 
     data = load_pt_data(pt_dir)
-    dm = TransportDataModule(data, None, [(0, 1)], batch_size=8, val_pairs=8, val_fraction=0.2)
+    train_sets, val_sets = split_pairs(data, None, [(0, 1)], 0.2)
+    dm = TransportDataModule([PeptideSet("AA", data, [(0, 1)], train_sets, val_sets)],
+                             batch_size=8, val_pairs=8)  # fmt: skip
     flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
     flow.representation.fit(np.asarray(data.xyz_nm[0]))
-    module = TransportModule(flow, TorchEnergy.from_topology(data.topology), dm.reference_energies())
+    module = TransportModule(flow, TorchEnergy.from_topology(data.topology),
+                             reference_energies(train_sets))  # fmt: skip
     return module, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
 
 def _steps_under_spy(module, train_batch, val_batch, dtype):
-    x, y, ts, tt = train_batch
+    x, y, ts, tt, _ = train_batch
     vx, vy, *rest = val_batch
     x, y, vx, vy = x.to(dtype), y.to(dtype), vx.to(dtype), vy.to(dtype)  # the data's dtype
     spy = _Float32Spy()
@@ -363,7 +444,7 @@ def test_ddp_two_processes_train_like_one_on_the_global_batch_and_resume(pt_dir,
     again = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)
     assert again["global_step"] == 6
     steps = pd.read_csv(tmp_path / "ddp/metrics.csv").dropna(subset=["train/loss"])["step"]
-    assert sorted(steps.astype(int)) == [0, 1, 2, 3, 4, 5]
+    assert sorted(steps.astype(int)) == [1, 2, 3, 4, 5, 6]  # batches trained by each row
 
 
 def test_tensorboard_logged_run_is_read_back_by_runs_diagnose(pt_dir, tmp_path, capsys):

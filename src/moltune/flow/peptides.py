@@ -352,12 +352,22 @@ class PeptideTransportModule(TransportModule):
         k = key or 0
         return self.peptides[k].flow, self.energies[k], self.references[k]
 
+    def _log_step(self, **kw) -> None:
+        """``metrics.csv``'s step: batches trained so far (optimiser steps + skipped steps), so
+        a validation row's step is that of the weights it validated."""
+        self.log("step", float(self.global_step + int(self.skipped_steps)), sync_dist=True, **kw)
+
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
+        kw = {"on_step": True, "on_epoch": False, "batch_size": batch[0].shape[0]}
         if len(self.peptides) > 1:  # index into the config's peptides
-            self.log("train/peptide", float(batch[-1]), on_step=True, on_epoch=False,
-                     batch_size=batch[0].shape[0], sync_dist=True)  # fmt: skip
+            self.log("train/peptide", float(batch[-1]), sync_dist=True, **kw)
+        self._log_step(**kw)
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_step()
+        super().on_validation_epoch_end()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
