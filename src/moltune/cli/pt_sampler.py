@@ -2,7 +2,7 @@
 ``moltune pt transfer`` (one flow on several peptides; ``pt train-transfer``: cli.pt_flow).
 
 Library: ``moltune.flow.pt_sampler`` (run, compare), ``moltune.flow.transfer``,
-``moltune.flow.rebuild``, ``moltune.flow.multi_peptide``.
+``moltune.flow.rebuild``, ``moltune.flow.peptides``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Multi-peptide transport-flow training (issue 4, transfer): a shared TarFlow core over peptides
-of different sizes trained under Lightning, checkpoints that ``load_flow`` / ``pt transfer`` read,
-fine-tuning and resume."""
+"""Training on several peptides (issue 4, transfer) through the one training path: a shared
+TarFlow core over peptides of different sizes, checkpoints that ``load_flow`` / ``pt transfer``
+read, fine-tuning and an exact resume."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from moltune.common.errors import InvalidInputError
-from moltune.flow.multi_peptide import (
-    MultiTrainConfig,
-    MultiTransportDataModule,
-    MultiTransportModule,
-    RoundRobinBatches,
-    load_peptide_sets,
-    train_multi,
+from moltune.flow.peptides import PeptideTransportModule, TrainBatches, TransportDataModule
+from moltune.flow.train import (
+    DataConfig,
+    FlowConfig,
+    TrainConfig,
+    build_flows,
+    load_peptides,
+    train,
 )
-from moltune.flow.train import FlowConfig
 from moltune.physics.replica_exchange import PTConfig, simulate
 
 # three PT simulations and several trainings: minutes on a 2-core CPU
@@ -39,27 +39,33 @@ def pt_dirs(tmp_path_factory):
 
 
 def _cfg(pt_dirs, names, **kw):
-    base = {"flow": FLOW, "peptides": {n: {"train_dir": pt_dirs[n]} for n in names},
-            "batch_size": 16, "val_pairs": 20, "steps": 12, "val_every_steps": 6,
-            "warmup_steps": 2, "lr": 3e-3, "max_minutes": None}  # fmt: skip
-    return MultiTrainConfig(**{**base, **kw})
+    base = {"flow": FLOW, "batch_size": 16, "steps": 12, "val_every_steps": 6,
+            "data": DataConfig(peptides={n: {"train_dir": pt_dirs[n]} for n in names},
+                               val_pairs=20),
+            "warmup_steps": 2, "lr": 3e-3, "max_minutes": None, "torsion_origin": "zero",
+            "top_k": 1}  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def _train(cfg, out, **kw) -> dict:
+    import json
+
+    run = train(cfg, out, progress=False, **kw)
+    return json.loads((run / "train_summary.json").read_text())
 
 
 def test_peptides_share_one_core_and_start_as_the_naive_swap(pt_dirs):
-    from moltune.flow.train import build_flow
-    from moltune.physics.ptdata import load_pt_data
-
     cfg = _cfg(pt_dirs, ["AA", "AS"])
-    core = build_flow(FLOW, load_pt_data(pt_dirs["AA"]).topology).core
-    sets = load_peptide_sets(cfg, core)
+    sets = load_peptides(cfg)
+    core = build_flows(cfg, sets).core
     assert [s.flow.representation.n_tokens for s in sets] == [23, 24]  # AA, AS atoms
     assert sets[0].flow.core is sets[1].flow.core is core
     import lightning as L
 
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_checkpointing=False)  # fmt: skip
-    dm = MultiTransportDataModule(sets, 16, 20, 0, 12)
-    trainer.validate(MultiTransportModule(sets), datamodule=dm, verbose=False)
+    dm = TransportDataModule(sets, 16, 20, 0)
+    trainer.validate(PeptideTransportModule(sets), datamodule=dm, verbose=False)
     v = {k: float(x) for k, x in trainer.callback_metrics.items()}
     assert {k for k in v if k.startswith("val/acceptance_flow_")} == {
         f"val/acceptance_flow_{n}_{p}" for n in ("AA", "AS") for p in ("300_450", "450_670")}
@@ -70,20 +76,26 @@ def test_peptides_share_one_core_and_start_as_the_naive_swap(pt_dirs):
             # vs the OpenMM energies stored with the frames: ~1e-4 kJ/mol apart
     assert 0.0 < v["val/acceptance_naive"] < 1.0
     assert v["val/reconstruction_rmsd_nm"] < 1e-6  # every pair's round trip, none NaN
-    # round robin: batch k is peptide k mod 2, its pairs mixed, a function of (seed, k) alone
-    batches = RoundRobinBatches(sets, 16, seed=3, length=12)
+    # round robin: batch g is peptide g mod 2, its pairs mixed, a function of (seed, g) alone
+    batches = TrainBatches(sets, 16, seed=3)
     x0, _, ts0, _, key0 = batches[0]
     x1, _, _, _, key1 = batches[5]
     assert (key0, key1) == (0, 1) and x0.shape == (16, 23, 3) and x1.shape == (16, 24, 3)
-    assert set(ts0.tolist()) == {300.0, 450.0} and x0.dtype == torch.float64
-    torch.testing.assert_close(batches[4][0], RoundRobinBatches(sets, 16, 3, 99)[4][0])
+    assert set(ts0.tolist()) == {300.0, 450.0} and ts0.dtype == torch.float64
+    late = [batches[g][0] for g in range(0, 40, 2)]  # AA's batches, through several passes
+    torch.testing.assert_close(late[-1], TrainBatches(sets, 16, 3)[38][0])  # a resumed run
+    # one pass: every AA source frame of both pairs once (2 x 45 frames, 5 whole batches)
+    n = batches.pass_length(0)
+    assert n == 90 // 16
+    one_pass = torch.cat(late[:n]).flatten(1)
+    assert len(torch.unique(one_pass, dim=0)) == n * 16
 
 
-def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_path):
+def test_two_peptides_learn_and_write_a_transferable_checkpoint(pt_dirs, tmp_path):
     from moltune.flow.checkpoint import load_flow
     from moltune.flow.pt_sampler import run_flow_factory, transfer_table
 
-    s = train_multi(_cfg(pt_dirs, ["AA", "AS"]), tmp_path / "run", progress=False)
+    s = _train(_cfg(pt_dirs, ["AA", "AS"]), tmp_path / "run")
     assert s["steps"] == 12 and s["skipped_steps"] == 0
     assert s["best_val_acceptance_flow"] > s["start"]["val/acceptance_flow"] + 0.02
     assert (tmp_path / "run" / "plots" / "acceptance.png").stat().st_size > 0
@@ -113,8 +125,8 @@ def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_pa
     assert rows[0]["acceptance_flow"]["mean"] != pytest.approx(rows[0]["acceptance_naive"]["mean"])
 
     # fine-tuning starts from the trained core (its step-0 acceptance is the trained one)
-    ft = train_multi(_cfg(pt_dirs, ["AA"], init=str(tmp_path / "run"), steps=0),
-                     tmp_path / "ft", progress=False)  # fmt: skip
+    ft = _train(_cfg(pt_dirs, ["AA", "AS"], init=str(tmp_path / "run"), steps=0),
+                tmp_path / "ft")
     m = m.dropna(subset=["val/acceptance_flow"])
     at_best = m.loc[m["val/acceptance_flow"].idxmax()]
     for pair in ("300_450", "450_670"):  # the same held-out AA frames, the same weights
@@ -126,10 +138,12 @@ def test_train_multi_learns_and_writes_a_transferable_checkpoint(pt_dirs, tmp_pa
             torch.testing.assert_close(best["state_dict"][k], v)
 
 
-def test_per_coordinate_layer_is_refused(pt_dirs, tmp_path):
-    cfg = _cfg(pt_dirs, ["AA"], flow=FlowConfig(n_blocks=1, d_model=16, per_coordinate=True))
+def test_per_coordinate_layer_is_refused_with_several_peptides(pt_dirs, tmp_path):
+    cfg = _cfg(pt_dirs, ["AA", "AS"],
+               flow=FlowConfig(n_blocks=1, d_model=16, per_coordinate=True))  # fmt: skip
     with pytest.raises(InvalidInputError, match="per_coordinate"):
-        train_multi(cfg, tmp_path / "bad", progress=False)
+        _train(cfg, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_train_transfer_cli_replaces_the_preset_peptides(pt_dirs, tmp_path):
@@ -148,12 +162,13 @@ def test_train_transfer_cli_replaces_the_preset_peptides(pt_dirs, tmp_path):
     assert rc == 0
     s = json.loads((tmp_path / "cli" / "train_summary.json").read_text())
     assert s["peptides"] == ["AS"] and s["steps"] == 2
-    assert set(s["last"]) >= {"val/acceptance_flow_AS_300_450", "val/acceptance_naive_AS_450_670"}
+    # one peptide: the metric names of a one-peptide run
+    assert set(s["last"]) >= {"val/acceptance_flow_300_450", "val/acceptance_naive_450_670"}
 
 
 def test_zero_torsion_origin_makes_the_standardisation_frame_independent(pt_dirs):
     from moltune.flow.coordinates import AFFINE, CIRCULAR, make_representation
-    from moltune.flow.multi_peptide import fit_representation
+    from moltune.flow.peptides import fit_representation
     from moltune.physics.ptdata import load_pt_data
 
     d = load_pt_data(pt_dirs["AA"])
@@ -185,16 +200,16 @@ def test_resume_continues_where_the_run_stopped(pt_dirs, tmp_path):
     import pandas as pd
 
     cfg = _cfg(pt_dirs, ["AA", "AS"], steps=8, val_every_steps=4)
-    straight = train_multi(cfg, tmp_path / "straight", progress=False)
+    straight = _train(cfg, tmp_path / "straight")
     # the wall-clock limit stops the run after its first step(s): validated, checkpointed
-    cut = train_multi(_cfg(pt_dirs, ["AA", "AS"], steps=8, val_every_steps=4, max_minutes=1e-4),
-                      tmp_path / "cut", progress=False)  # fmt: skip
+    cut = _train(_cfg(pt_dirs, ["AA", "AS"], steps=8, val_every_steps=4, max_minutes=1e-4),
+                 tmp_path / "cut")
     assert 0 < cut["steps"] < 8
     with pytest.raises(InvalidInputError, match="resume"):
-        train_multi(cfg, tmp_path / "cut", progress=False)
+        _train(cfg, tmp_path / "cut")
     with pytest.raises(InvalidInputError, match="it trains"):
-        train_multi(_cfg(pt_dirs, ["AS", "AA"]), tmp_path / "cut", progress=False, resume=True)
-    resumed = train_multi(cfg, tmp_path / "cut", progress=False, resume=True)
+        _train(_cfg(pt_dirs, ["AS", "AA"]), tmp_path / "cut", resume=True)
+    resumed = _train(cfg, tmp_path / "cut", resume=True)
     assert resumed["steps"] == 8 and resumed["resumed"]
     # same batches, optimiser and schedule state: the same weights as the uninterrupted run
     a = torch.load(tmp_path / "straight/checkpoints/last.ckpt", weights_only=True)["state_dict"]
