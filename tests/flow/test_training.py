@@ -296,7 +296,8 @@ class _Float32Spy(torch.overrides.TorchFunctionMode):
         return out
 
 
-def _module_and_batches(pt_dir):
+def _one_peptide(pt_dir, pairs, batch_size, val_pairs):
+    """A module (small TarFlow) and the data module of AA's PT data, its last 20% validating."""
     from moltune.flow.lightning import TransportModule
     from moltune.flow.peptides import (
         PeptideSet,
@@ -309,13 +310,19 @@ def _module_and_batches(pt_dir):
     from moltune.physics.ptdata import load_pt_data
 
     data = load_pt_data(pt_dir)
-    train_sets, val_sets = split_pairs(data, None, [(0, 1)], 0.2)
-    dm = TransportDataModule([PeptideSet("AA", data, [(0, 1)], train_sets, val_sets)],
-                             batch_size=8, val_pairs=8)  # fmt: skip
+    train_sets, val_sets = split_pairs(data, None, pairs, 0.2)
+    dm = TransportDataModule([PeptideSet("AA", data, pairs, train_sets, val_sets)],
+                             batch_size=batch_size, val_pairs=val_pairs)  # fmt: skip
+    torch.manual_seed(0)
     flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
     flow.representation.fit(np.asarray(data.xyz_nm[0]))
     module = TransportModule(flow, TorchEnergy.from_topology(data.topology),
                              reference_energies(train_sets))  # fmt: skip
+    return module, dm
+
+
+def _module_and_batches(pt_dir):
+    module, dm = _one_peptide(pt_dir, [(0, 1)], 8, 8)
     return module, next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
 
 
@@ -365,18 +372,7 @@ def _validate(module, dm):
 
 
 def test_ddp_ranks_validate_their_shards_and_report_the_one_process_figures(pt_dir, gloo_ranks):
-    from moltune.flow.lightning import TransportDataModule, TransportModule
-    from moltune.flow.train import build_flow
-    from moltune.physics.energy import TorchEnergy
-    from moltune.physics.ptdata import load_pt_data
-
-    data = load_pt_data(pt_dir)
-    dm = TransportDataModule(data, None, [(0, 1), (1, 0)], batch_size=8, val_pairs=30,
-                             val_fraction=0.2)  # fmt: skip
-    torch.manual_seed(0)
-    flow = build_flow(FlowConfig(n_blocks=1, d_model=16, n_heads=2), data.topology)
-    flow.representation.fit(np.asarray(data.xyz_nm[0]))
-    module = TransportModule(flow, TorchEnergy.from_topology(data.topology), dm.reference_energies())
+    module, dm = _one_peptide(pt_dir, [(0, 1), (1, 0)], 8, 30)
     one, seen = _validate(module, dm)
     assert len(seen) == 60 and one["val/acceptance_flow"] > 0
     (ranks0, seen0), (ranks1, seen1) = gloo_ranks(lambda r: _validate(module, dm))
