@@ -354,8 +354,9 @@ class PeptideTransportModule(TransportModule):
 
     def _log_step(self, **kw) -> None:
         """``metrics.csv``'s step: batches trained so far (optimiser steps + skipped steps), so
-        a validation row's step is that of the weights it validated."""
+        a validation row's step is that of the weights it validated (and its epoch)."""
         self.log("step", float(self.global_step + int(self.skipped_steps)), sync_dist=True, **kw)
+        self.log("epoch", float(self.current_epoch), sync_dist=True, **kw)
 
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
