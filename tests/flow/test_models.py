@@ -65,6 +65,24 @@ def test_tarflow_parameter_count_scales_with_width(aa_peptide):
     assert 0 < count_parameters(small) < count_parameters(big)
 
 
+def _check_identity_then_exact(flow, x, perturb, jacobian_logdet, scale: float) -> None:
+    """Identity at start and for equal temperatures; once perturbed it moves, inverts exactly in
+    float64, and its log-determinants equal autograd's in both directions."""
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() < 1e-12 and ld.abs().max() < 1e-12
+    perturb(flow.core, scale=scale)
+    y, ld = flow(x, 300.0, 450.0)
+    assert (y - x).abs().max() > 1e-2
+    y_same, ld_same = flow(x, 450.0, 450.0)
+    assert (y_same - x).abs().max() < 1e-12 and ld_same.abs().max() < 1e-12
+    xr, ldr = flow.inverse(y, 300.0, 450.0)
+    assert (xr - x).abs().max() < 1e-12
+    torch.testing.assert_close(ldr, -ld, atol=1e-10, rtol=0)
+    torch.testing.assert_close(ld[:2], jacobian_logdet(lambda v: flow(v, 300.0, 450.0)[0], x[:2]))
+    ref = jacobian_logdet(lambda v: flow.inverse(v, 300.0, 450.0)[0], y[:2])
+    torch.testing.assert_close(ldr[:2], ref)
+
+
 def test_spline_baseline_identity_exact_inverse_and_logdet(
     aa_peptide, aa_samples, perturb, jacobian_logdet
 ):
@@ -75,20 +93,7 @@ def test_spline_baseline_identity_exact_inverse_and_logdet(
     affine, spline = flow.core.cores
     assert isinstance(affine, PerCoordinateFlow) and isinstance(spline, PerCoordinateSpline)
     assert count_parameters(spline) == 23 * 3 * (3 * 6 + 3)
-    x = aa_samples[:8]
-    y, ld = flow(x, 300.0, 450.0)
-    assert (y - x).abs().max() < 1e-12 and ld.abs().max() < 1e-12  # identity at start
-    perturb(flow.core, scale=0.3)
-    y, ld = flow(x, 300.0, 450.0)
-    assert (y - x).abs().max() > 1e-2
-    y_same, ld_same = flow(x, 450.0, 450.0)  # equal temperatures: the identity
-    assert (y_same - x).abs().max() < 1e-12 and ld_same.abs().max() < 1e-12
-    xr, ldr = flow.inverse(y, 300.0, 450.0)
-    assert (xr - x).abs().max() < 1e-12  # float64 path exact
-    torch.testing.assert_close(ldr, -ld, atol=1e-10, rtol=0)
-    torch.testing.assert_close(ld[:2], jacobian_logdet(lambda v: flow(v, 300.0, 450.0)[0], x[:2]))
-    ref = jacobian_logdet(lambda v: flow.inverse(v, 300.0, 450.0)[0], y[:2])
-    torch.testing.assert_close(ldr[:2], ref)
+    _check_identity_then_exact(flow, aa_samples[:8], perturb, jacobian_logdet, scale=0.3)
 
 
 def test_spline_tarflow_puts_spline_layers_in_front(aa_peptide):
@@ -135,18 +140,7 @@ def test_coupling_layers_identity_exact_inverse_logdet_and_masks(
     assert torch.equal(moved, rep.slot_kind != 0)
     assert torch.equal(masks[1][1] | masks[2][1], slow) and int(masks[1][1].sum()) == 1
     assert bool((masks[0][1] & (rep.slot_kind == AFFINE)).sum() == (rep.slot_kind == AFFINE).sum())
-    x = aa_samples[:8]
-    y, ld = flow(x, 300.0, 450.0)
-    assert (y - x).abs().max() < 1e-12 and ld.abs().max() < 1e-12  # identity at start
-    perturb(flow.core, scale=0.05)
-    y, ld = flow(x, 300.0, 450.0)
-    assert (y - x).abs().max() > 1e-2
-    y_same, ld_same = flow(x, 450.0, 450.0)
-    assert (y_same - x).abs().max() < 1e-12 and ld_same.abs().max() < 1e-12
-    xr, ldr = flow.inverse(y, 300.0, 450.0)
-    assert (xr - x).abs().max() < 1e-12
-    torch.testing.assert_close(ldr, -ld, atol=1e-10, rtol=0)
-    torch.testing.assert_close(ld[:2], jacobian_logdet(lambda v: flow(v, 300.0, 450.0)[0], x[:2]))
+    _check_identity_then_exact(flow, aa_samples[:8], perturb, jacobian_logdet, scale=0.05)
 
 
 def test_slot_features_honour_rotor_symmetry(aa_peptide, aa_samples):
