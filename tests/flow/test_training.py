@@ -104,11 +104,12 @@ def test_refuses_to_overwrite_a_run(pt_dir, tmp_path):
 
 
 def test_presets_resolve():
-    for name in ("aa_300_450", "aa_300_450_gpu", "aa_ladder"):
+    for name in ("aa_300_450", "aa_300_450_gpu"):
         cfg = load_config(TrainConfig, name)
         assert cfg.flow.name == "tarflow"
     ladder = load_config(TrainConfig, "aa_ladder")
     assert ladder.data.pairs == [[0, 1], [1, 2], [2, 3]]
+    assert (ladder.flow.name, ladder.flow.spline_bins, ladder.flow.couplings) == ("spline_ic", 8, 3)
 
 
 def test_flat_multi_peptide_presets_still_load():
