@@ -61,6 +61,8 @@ def main() -> None:
     print(f"{'preset':<22} {'pair':>5} {'flow':>7} {'95% interval':>16} {'naive':>7} {'J (kT)':>7}")
     for preset in args.presets:
         cfg = load_config(TrainConfig, preset)
+        if not cfg.data.test_dir:
+            raise SystemExit(f"{preset} names no held-out test data (data.test_dir)")
         run = Path(args.out) / preset
         _train(preset, args.data_root, run, args.max_minutes)
         for pair in args.pairs:
